@@ -1,0 +1,314 @@
+"""Configuration: ``devstack.yaml`` plus ``DEVSTACK_*`` environment overrides, and the service catalog.
+
+Every key of the file can be overridden by an environment variable: ``DEVSTACK_`` + the key path in
+upper case joined by ``__``: ``DEVSTACK_GITOPS__URL``, ``DEVSTACK_PROVIDERS__GITHUB__TOKEN``,
+``DEVSTACK_TTL__DEFAULT=12h``. Lists and maps take JSON: ``DEVSTACK_SECURITY__REPOS='["acme/*"]'``.
+
+An invalid configuration raises :class:`~devstack.errors.ConfigError` naming the key and the problem.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from devstack.durations import InvalidDuration, parse_duration
+from devstack.errors import ConfigError
+from devstack.naming import hostname_problem, service_name_problem
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except InvalidDuration as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+OptionalDuration = Annotated[timedelta | None, BeforeValidator(_duration)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GitOpsSettings(_Model):
+    url: str = Field("", description="GitOps repo URL; empty: a local bare repo in state_dir")
+    branch: str = "main"
+    path: str = Field("previews", description="the flat folder that holds previews/<feature>.json")
+    author_name: str = "devstack"
+    author_email: str = "devstack@localhost"
+    max_push_attempts: int = Field(5, ge=1, le=50)
+
+    @field_validator("path")
+    @classmethod
+    def _flat_relative(cls, value: str) -> str:
+        value = value.strip("/")
+        if not value or value.startswith(".") or ".." in value.split("/") or "\\" in value:
+            raise ValueError("must be a relative folder inside the repo, like 'previews'")
+        return value
+
+    @field_validator("branch")
+    @classmethod
+    def _branch(cls, value: str) -> str:
+        if not value or value.startswith("-") or ".." in value or " " in value:
+            raise ValueError("is not a valid branch name")
+        return value
+
+
+class ChartSettings(_Model):
+    repo_url: str = Field("", description="git repo of the feature-release chart; empty: the GitOps repo")
+    path: str = "templates/feature-release"
+    target_revision: str = "main"
+
+
+class RoutingSettings(_Model):
+    header: str = "x-devstack-feature"
+    host: str = "{feature}--{service}.{domain}"
+
+    @field_validator("header")
+    @classmethod
+    def _header(cls, value: str) -> str:
+        if not value or not all(c.isalnum() or c == "-" for c in value):
+            raise ValueError("must be an HTTP header name (letters, digits, '-')")
+        return value.lower()
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if "{feature}" not in value or "{service}" not in value:
+            raise ValueError("must contain {feature} and {service}")
+        try:
+            sample = value.format(feature="f", service="s", domain="example.com")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("may only use {feature}, {service} and {domain}") from None
+        problem = hostname_problem(sample)
+        if problem:
+            raise ValueError(f"does not make a valid host name: {problem}")
+        return value
+
+
+class TTLSettings(_Model):
+    default: Duration = timedelta(hours=72)
+    max: OptionalDuration = timedelta(days=14)  # None: forever is allowed
+    warn_before: Duration = timedelta(hours=6)
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> TTLSettings:
+        if self.max is not None and self.default > self.max:
+            raise ValueError("ttl.default is longer than ttl.max")
+        return self
+
+
+class SecuritySettings(_Model):
+    repos: list[str] = Field(
+        default_factory=list,
+        description="allowlist of repos (glob patterns); empty: the repos named in the catalog",
+    )
+    allow_forks: bool = False
+    max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+
+
+class GitHubSettings(_Model):
+    api_url: str = "https://api.github.com"
+    token: SecretStr | None = None
+    webhook_secrets: list[SecretStr] = Field(default_factory=list)
+    seconds_between_writes: float = Field(1.0, ge=0)
+
+
+class GitLabSettings(_Model):
+    url: str = "https://gitlab.com"
+    token: SecretStr | None = None
+    webhook_secrets: list[SecretStr] = Field(default_factory=list)
+
+
+class ProvidersSettings(_Model):
+    github: GitHubSettings = GitHubSettings()
+    gitlab: GitLabSettings = GitLabSettings()
+
+
+class ServiceSettings(_Model):
+    repo: str = Field(..., description="where the service's PRs come from: owner/name or group/sub/project")
+    provider: Literal["github", "gitlab"] = "github"
+    image: str
+    tag: str = Field("{sha}", description="image tag of a PR build: {sha}, {short_sha}, {branch}, {number}")
+    base_tag: str = "main"
+    port: int = Field(8080, ge=1, le=65535)
+    base_host: str | None = Field(None, description="host of the base version, for header routing")
+    depends_on: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    hooks: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("tag")
+    @classmethod
+    def _tag(cls, value: str) -> str:
+        try:
+            value.format(sha="0" * 40, short_sha="0" * 7, branch="b", number="1")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("may only use {sha}, {short_sha}, {branch} and {number}") from None
+        return value
+
+
+class WorkerSettings(_Model):
+    batch_size: int = Field(200, ge=1, le=10_000)
+    poll_interval: float = Field(0.2, gt=0)
+    max_attempts: int = Field(20, ge=1)
+    backoff_max: float = Field(300.0, gt=0)
+
+
+class FeedbackSettings(_Model):
+    max_attempts: int = Field(12, ge=1)
+    backoff_max: float = Field(900.0, gt=0)
+    deployments: bool = True
+
+
+class LabelSettings(_Model):
+    prefix: str = "devstack/"
+
+
+class Settings(BaseSettings):
+    """Everything devstack can be told; see docs/configuration.md for each key."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DEVSTACK_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    state_dir: Path = Path(".devstack")
+    gitops: GitOpsSettings = GitOpsSettings()
+    chart: ChartSettings = ChartSettings()
+    domain: str = "preview.localhost"
+    routing: RoutingSettings = RoutingSettings()
+    ttl: TTLSettings = TTLSettings()
+    trigger: Literal["all", "label"] = "all"
+    deploy_drafts: bool = False
+    labels: LabelSettings = LabelSettings()
+    security: SecuritySettings = SecuritySettings()
+    providers: ProvidersSettings = ProvidersSettings()
+    services: dict[str, ServiceSettings] = Field(default_factory=dict)
+    worker: WorkerSettings = WorkerSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (which arrives as init arguments).
+        return env_settings, init_settings
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        problem = hostname_problem(value)
+        if problem:
+            raise ValueError(f"is not a DNS name: {problem}")
+        return value
+
+    @field_validator("services")
+    @classmethod
+    def _service_names(cls, value: dict[str, ServiceSettings]) -> dict[str, ServiceSettings]:
+        for name, service in value.items():
+            problem = service_name_problem(name)
+            if problem:
+                raise ValueError(f"service name {name!r} {problem}")
+            for dep in service.depends_on:
+                if dep not in value:
+                    raise ValueError(f"{name}.depends_on names {dep!r}, which is not in services")
+        return value
+
+    def repo_allowed(self, repo: str) -> bool:
+        patterns = self.security.repos or sorted({s.repo for s in self.services.values()})
+        return any(fnmatch.fnmatchcase(repo, pattern) for pattern in patterns)
+
+    def services_of_repo(self, *, provider: str, repo: str) -> list[str]:
+        return sorted(
+            name for name, s in self.services.items() if s.provider == provider and s.repo == repo
+        )
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state_dir / "journal.sqlite3"
+
+    @property
+    def local_remote_path(self) -> Path:
+        return self.state_dir / "gitops.git"
+
+    @property
+    def clone_path(self) -> Path:
+        return self.state_dir / "clone"
+
+    @property
+    def gitops_url(self) -> str:
+        return self.gitops.url or str(self.local_remote_path.resolve())
+
+    @property
+    def chart_repo_url(self) -> str:
+        return self.chart.repo_url or self.gitops_url
+
+
+SAMPLE_CATALOG: dict[str, Any] = {
+    "payments-api": {
+        "repo": "acme/payments",
+        "image": "ghcr.io/acme/payments-api",
+        "port": 8080,
+        "depends_on": ["ledger"],
+    },
+    "ledger": {"repo": "acme/ledger", "image": "ghcr.io/acme/ledger", "port": 8080},
+}
+
+
+def load_settings(path: Path | None = None, *, overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Read ``path`` (YAML), apply ``DEVSTACK_*`` overrides, validate; no file: embedded defaults.
+
+    With no file and no services from the environment, the sample catalog is used, so that
+    ``devstack serve`` runs on a fresh machine with nothing configured.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: cannot be read: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path}: not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: must be a mapping of keys, not {type(loaded).__name__}")
+        data = loaded
+    if overrides:
+        data = {**data, **overrides}
+    from_env = any(k.upper().startswith("DEVSTACK_SERVICES") for k in os.environ)
+    if path is None and "services" not in data and not from_env:
+        data = {**data, "services": SAMPLE_CATALOG}
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        source = f"config file {path}" if path else "configuration"
+        raise ConfigError(format_validation_error(exc, source=source)) from None
+
+
+def format_validation_error(exc: ValidationError, *, source: str) -> str:
+    lines = [f"invalid {source}:"]
+    for error in exc.errors(include_url=False, include_input=False):
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)

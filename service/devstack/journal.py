@@ -1,0 +1,347 @@
+"""The journal: a durable queue in SQLite (deliveries, dedupe, attempts, dead letters, feedback outbox).
+
+Git holds the desired state (the entries); the journal holds what is in flight. A delivery is
+acknowledged (202) only after :meth:`Journal.record` has committed it, and it stays ``pending``
+until the worker has pushed its effect, so a restart (or ``kill -9``) resumes where it stopped.
+
+* ``deliveries``: every accepted delivery, deduplicated by its delivery id. ``pending`` deliveries
+  are taken in arrival order (``seq``) in batches; a failed batch is retried with exponential backoff
+  and jitter; after ``max_attempts`` the delivery becomes a dead letter (``dead``), listed by
+  :meth:`dead_letters` and re-driven by :meth:`redrive`. Ignored deliveries are kept too (``ignored``)
+  so the dashboard can show what arrived and why nothing happened.
+* ``outbox``: the latest feedback per PR (coalesced: ten pushes in a burst make one comment edit).
+  Each enqueue replaces the payload and bumps ``version``; a send only completes the version it sent.
+* ``sticky``: per PR, the id of the sticky comment and the last deployed sha, to spend few API calls.
+
+One connection guarded by a lock; WAL mode with ``synchronous=FULL`` so an acknowledged delivery
+survives a crash of the process and of the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_id TEXT NOT NULL UNIQUE,
+    provider TEXT NOT NULL,
+    event TEXT NOT NULL,
+    pr TEXT NOT NULL DEFAULT '',
+    payload TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,             -- pending | done | ignored | dead
+    outcome TEXT NOT NULL DEFAULT '', -- what the planner did, or why it was ignored
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    received_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (status, next_attempt_at, seq);
+CREATE TABLE IF NOT EXISTS outbox (
+    pr TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    status TEXT NOT NULL,             -- pending | sent | recorded | dead
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    updated_at REAL NOT NULL,
+    sent_body TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (status, next_attempt_at);
+CREATE TABLE IF NOT EXISTS sticky (
+    pr TEXT PRIMARY KEY,
+    comment_id INTEGER,
+    deployed_sha TEXT NOT NULL DEFAULT '',
+    environment TEXT NOT NULL DEFAULT ''
+);
+"""
+
+
+def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = 300.0, rng: random.Random | None = None) -> float:
+    """Exponential backoff with jitter: ``base * 2**(attempt-1)`` capped at ``cap``, times 0.5..1."""
+    ceiling = min(cap, base * (2 ** max(0, min(attempt - 1, 30))))
+    return ceiling * (0.5 + 0.5 * (rng or random).random())  # noqa: S311 - jitter, not crypto
+
+
+@dataclass(frozen=True, kw_only=True)
+class Delivery:
+    seq: int
+    delivery_id: str
+    provider: str
+    event: str
+    pr: str
+    payload: str
+    status: str
+    outcome: str
+    attempts: int
+    last_error: str
+    received_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutboxItem:
+    pr: str
+    provider: str
+    payload: dict[str, Any]
+    version: int
+    status: str
+    attempts: int
+    last_error: str
+    updated_at: float
+    sent_body: str
+    comment_id: int | None
+    deployed_sha: str
+
+
+class Journal:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    # --- deliveries ------------------------------------------------------------------------------
+
+    def record(
+        self, *, delivery_id: str, provider: str, event: str, pr: str = "", payload: str = "", ignored: str = ""
+    ) -> bool:
+        """Store a delivery durably; False when this delivery id was seen before (nothing changes).
+
+        ``ignored``: a reason; the delivery is kept for the record but never processed.
+        """
+        status = "ignored" if ignored else "pending"
+        with self._tx() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO deliveries (delivery_id, provider, event, pr, payload, status, outcome,"
+                " received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (delivery_id, provider, event, pr, payload, status, ignored, self._clock()),
+            )
+            return cursor.rowcount == 1
+
+    def take_batch(self, *, limit: int) -> list[Delivery]:
+        """The oldest pending deliveries that are due, in arrival order (they stay pending)."""
+        rows = self._query(
+            "SELECT * FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY seq LIMIT ?",
+            (self._clock(), limit),
+        )
+        return [_delivery(row) for row in rows]
+
+    def complete(
+        self,
+        outcomes: dict[int, str],
+        *,
+        feedback: Iterable[tuple[str, str, dict[str, Any]]] = (),
+    ) -> None:
+        """Mark deliveries done (seq -> outcome) and enqueue feedback ``(pr, provider, payload)``, atomically."""
+        now = self._clock()
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE deliveries SET status = 'done', outcome = ?, finished_at = ?, last_error = ''"
+                " WHERE seq = ?",
+                [(outcome[:500], now, seq) for seq, outcome in outcomes.items()],
+            )
+            for pr, provider, payload in feedback:
+                _enqueue(db, pr=pr, provider=provider, payload=payload, now=now)
+
+    def retry(self, seqs: Sequence[int], *, error: str, max_attempts: int, backoff_max: float,
+              delay: float | None = None) -> list[int]:
+        """Count a failed attempt; reschedule with backoff, or dead-letter. Returns the dead seqs."""
+        now = self._clock()
+        dead = []
+        with self._tx() as db:
+            for seq in seqs:
+                row = db.execute("SELECT attempts FROM deliveries WHERE seq = ?", (seq,)).fetchone()
+                if row is None:
+                    continue
+                attempts = row["attempts"] + 1
+                if attempts >= max_attempts:
+                    dead.append(seq)
+                    db.execute(
+                        "UPDATE deliveries SET status = 'dead', attempts = ?, last_error = ?, finished_at = ?"
+                        " WHERE seq = ?",
+                        (attempts, error[:2000], now, seq),
+                    )
+                    continue
+                wait = delay if delay is not None else backoff_delay(attempts, cap=backoff_max)
+                db.execute(
+                    "UPDATE deliveries SET attempts = ?, last_error = ?, next_attempt_at = ? WHERE seq = ?",
+                    (attempts, error[:2000], now + wait, seq),
+                )
+        return dead
+
+    def dead_letter(self, seq: int, *, error: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE deliveries SET status = 'dead', attempts = attempts + 1, last_error = ?, finished_at = ?"
+                " WHERE seq = ?",
+                (error[:2000], self._clock(), seq),
+            )
+
+    def redrive(self, seqs: Sequence[int] | None = None) -> int:
+        """Put dead letters (all, or the given seqs) back in the queue; returns how many."""
+        with self._tx() as db:
+            if seqs is None:
+                cursor = db.execute(
+                    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = 0 WHERE status = 'dead'"
+                )
+                count = cursor.rowcount
+                cursor = db.execute(
+                    "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = 0 WHERE status = 'dead'"
+                )
+                return count + cursor.rowcount
+            count = 0
+            for seq in seqs:
+                cursor = db.execute(
+                    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = 0"
+                    " WHERE status = 'dead' AND seq = ?",
+                    (seq,),
+                )
+                count += cursor.rowcount
+            return count
+
+    def counts(self) -> dict[str, int]:
+        rows = self._query("SELECT status, COUNT(*) AS n FROM deliveries GROUP BY status")
+        result = {"pending": 0, "done": 0, "ignored": 0, "dead": 0}
+        result.update({row["status"]: row["n"] for row in rows})
+        return result
+
+    def outbox_counts(self) -> dict[str, int]:
+        rows = self._query("SELECT status, COUNT(*) AS n FROM outbox GROUP BY status")
+        result = {"pending": 0, "sent": 0, "recorded": 0, "dead": 0}
+        result.update({row["status"]: row["n"] for row in rows})
+        return result
+
+    def dead_letters(self) -> list[Delivery]:
+        return [_delivery(r) for r in self._query("SELECT * FROM deliveries WHERE status = 'dead' ORDER BY seq")]
+
+    def recent(self, *, limit: int = 50) -> list[Delivery]:
+        rows = self._query("SELECT * FROM deliveries ORDER BY seq DESC LIMIT ?", (limit,))
+        return [_delivery(row) for row in rows]
+
+    def get(self, delivery_id: str) -> Delivery | None:
+        rows = self._query("SELECT * FROM deliveries WHERE delivery_id = ?", (delivery_id,))
+        return _delivery(rows[0]) if rows else None
+
+    # --- feedback outbox -------------------------------------------------------------------------
+
+    def enqueue_feedback(self, *, pr: str, provider: str, payload: dict[str, Any]) -> None:
+        with self._tx() as db:
+            _enqueue(db, pr=pr, provider=provider, payload=payload, now=self._clock())
+
+    def take_feedback(self, *, limit: int) -> list[OutboxItem]:
+        rows = self._query(
+            "SELECT o.*, s.comment_id, COALESCE(s.deployed_sha, '') AS deployed_sha FROM outbox o"
+            " LEFT JOIN sticky s ON s.pr = o.pr"
+            " WHERE o.status = 'pending' AND o.next_attempt_at <= ? ORDER BY o.updated_at LIMIT ?",
+            (self._clock(), limit),
+        )
+        return [_outbox(row) for row in rows]
+
+    def feedback(self, pr: str | None = None) -> list[OutboxItem]:
+        sql = (
+            "SELECT o.*, s.comment_id, COALESCE(s.deployed_sha, '') AS deployed_sha FROM outbox o"
+            " LEFT JOIN sticky s ON s.pr = o.pr"
+        )
+        rows = self._query(sql + " WHERE o.pr = ?", (pr,)) if pr else self._query(sql + " ORDER BY o.pr")
+        return [_outbox(row) for row in rows]
+
+    def feedback_sent(
+        self, item: OutboxItem, *, body: str, status: str = "sent", comment_id: int | None = None,
+        deployed_sha: str | None = None,
+    ) -> bool:
+        """Complete the version that was sent; False when a newer version arrived meanwhile (it stays pending)."""
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE outbox SET status = ?, sent_body = ?, attempts = 0, last_error = ''"
+                " WHERE pr = ? AND version = ?",
+                (status, body, item.pr, item.version),
+            )
+            if cursor.rowcount == 0:
+                db.execute("UPDATE outbox SET sent_body = ? WHERE pr = ?", (body, item.pr))
+            db.execute("INSERT OR IGNORE INTO sticky (pr) VALUES (?)", (item.pr,))
+            if comment_id is not None:
+                db.execute("UPDATE sticky SET comment_id = ? WHERE pr = ?", (comment_id, item.pr))
+            if deployed_sha is not None:
+                db.execute("UPDATE sticky SET deployed_sha = ? WHERE pr = ?", (deployed_sha, item.pr))
+            return cursor.rowcount == 1
+
+    def feedback_failed(
+        self, item: OutboxItem, *, error: str, max_attempts: int, backoff_max: float, delay: float | None = None,
+        permanent: bool = False,
+    ) -> bool:
+        """Count a failed send; True when the item became a dead letter."""
+        now = self._clock()
+        attempts = item.attempts + 1
+        dead = permanent or attempts >= max_attempts
+        wait = delay if delay is not None else backoff_delay(attempts, base=2.0, cap=backoff_max)
+        with self._tx() as db:
+            db.execute(
+                "UPDATE outbox SET attempts = ?, last_error = ?, next_attempt_at = ?, status = ?"
+                " WHERE pr = ? AND version = ?",
+                (attempts, error[:2000], now + wait, "dead" if dead else "pending", item.pr, item.version),
+            )
+        return dead
+
+    def dead_feedback(self) -> list[OutboxItem]:
+        return [item for item in self.feedback() if item.status == "dead"]
+
+
+def _enqueue(db: sqlite3.Connection, *, pr: str, provider: str, payload: dict[str, Any], now: float) -> None:
+    db.execute(
+        "INSERT INTO outbox (pr, provider, payload, version, status, updated_at) VALUES (?, ?, ?, 1, 'pending', ?)"
+        " ON CONFLICT (pr) DO UPDATE SET payload = excluded.payload, version = outbox.version + 1,"
+        " status = 'pending', attempts = 0, next_attempt_at = 0, last_error = '', updated_at = excluded.updated_at",
+        (pr, provider, json.dumps(payload, sort_keys=True), now),
+    )
+
+
+def _delivery(row: sqlite3.Row) -> Delivery:
+    return Delivery(
+        seq=row["seq"], delivery_id=row["delivery_id"], provider=row["provider"], event=row["event"], pr=row["pr"],
+        payload=row["payload"], status=row["status"], outcome=row["outcome"], attempts=row["attempts"],
+        last_error=row["last_error"], received_at=row["received_at"],
+    )
+
+
+def _outbox(row: sqlite3.Row) -> OutboxItem:
+    return OutboxItem(
+        pr=row["pr"], provider=row["provider"], payload=json.loads(row["payload"]), version=row["version"],
+        status=row["status"], attempts=row["attempts"], last_error=row["last_error"], updated_at=row["updated_at"],
+        sent_body=row["sent_body"], comment_id=row["comment_id"], deployed_sha=row["deployed_sha"],
+    )
