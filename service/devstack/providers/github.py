@@ -1,0 +1,480 @@
+"""GitHub: verify a webhook delivery, translate it into a :class:`PullRequestEvent`, send feedback.
+
+This module only translates (DESIGN §1, §9). What to do with an event is the planner's business;
+when to retry a failed API call is the outbox's: :class:`GitHubClient` never sleeps on a rate
+limit, it raises :class:`~devstack.errors.ProviderError` with the delay GitHub asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import re
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import requests
+from github import Auth, Github, GithubException
+from github.Requester import Requester
+
+from devstack.errors import BadPayload, ConfigError, ProviderError, ProviderRejected, Unauthorized
+from devstack.events import Provider, PullRequestEvent, PullRequestState
+
+if TYPE_CHECKING:
+    from github.Issue import Issue
+    from github.IssueComment import IssueComment
+    from github.Repository import Repository
+    from pydantic import SecretStr
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+EVENT_HEADER = "X-GitHub-Event"
+DELIVERY_HEADER = "X-GitHub-Delivery"
+
+PULL_REQUEST_ACTIONS = frozenset(
+    {
+        "opened",
+        "reopened",
+        "synchronize",
+        "closed",
+        "labeled",
+        "unlabeled",
+        "edited",
+        "ready_for_review",
+        "converted_to_draft",
+    }
+)
+
+_SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})")
+_SHA = re.compile(r"[0-9a-fA-F]{40}")
+# GitHub's owner and repository names; exactly one slash. Also what entries.schema.json accepts.
+_FULL_NAME = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
+_URL = re.compile(r"https?://[^\s\"'<>]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UNSAFE = re.compile(r"[^\w.:/-]", re.ASCII)
+_MAX_NUMBER = 10**12  # entries carry the number as at most 12 digits
+_MAX_REF = 255
+_MAX_URL = 500
+_MAX_FULL_NAME = 255
+
+
+# --------------------------------------------------------------------------------------------- webhook
+
+
+def verify_signature(*, body: bytes, signature: str | None, secrets: Sequence[SecretStr]) -> None:
+    """Check ``X-Hub-Signature-256`` (``sha256=<hex HMAC-SHA256 of the raw body>``).
+
+    Every configured secret is tried (rotation: any one may match), each with a constant-time
+    comparison. Raises :class:`Unauthorized` when the header is missing, malformed or wrong, or when
+    no (non-empty) secret is configured. Messages never contain a secret or a digest.
+    """
+    keys = [secret.get_secret_value().encode() for secret in secrets]
+    keys = [key for key in keys if key]  # an empty key is a signature anybody can compute
+    if not keys:
+        raise Unauthorized("no GitHub webhook secret is configured")
+    if not signature:
+        raise Unauthorized(f"missing {SIGNATURE_HEADER} header")
+    match = _SIGNATURE.fullmatch(signature.strip())
+    if match is None:
+        raise Unauthorized(f"malformed {SIGNATURE_HEADER} header: expected 'sha256=<64 hex digits>'")
+    given = bytes.fromhex(match.group(1))
+    matched = False
+    for key in keys:  # no early exit: the time taken does not tell which secret matched
+        expected = hmac.new(key, body, hashlib.sha256).digest()
+        matched |= hmac.compare_digest(expected, given)
+    if not matched:
+        raise Unauthorized(f"{SIGNATURE_HEADER} does not match the body for any configured secret")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ignored:
+    """A verified delivery devstack has nothing to do with (answer 2xx, record nothing)."""
+
+    reason: str
+
+
+def parse_delivery(
+    *, event: str, delivery_id: str, payload: object, received_at: datetime
+) -> PullRequestEvent | Ignored:
+    """Translate one verified delivery (``payload`` is the decoded JSON body: any JSON value).
+
+    Returns a :class:`PullRequestEvent` for the ``pull_request`` actions in
+    :data:`PULL_REQUEST_ACTIONS`, :class:`Ignored` for every other event or action, and raises
+    :class:`BadPayload` (naming the field) when a handled event has the wrong shape. Unknown fields
+    are ignored and fields newer than some GitHub versions (``draft``, ...) are optional.
+    """
+    if event != "pull_request":
+        return Ignored(reason=f"event {_short(event)} is not handled")
+    root = _object(payload, "payload")
+    action = _string(root, "action", "action")
+    if action not in PULL_REQUEST_ACTIONS:
+        return Ignored(reason=f"pull_request action {_short(action)} is not handled")
+
+    pr = _object(_field(root, "pull_request", "pull_request"), "pull_request")
+    repository = _object(_field(root, "repository", "repository"), "repository")
+    repo = _full_name(repository, "repository.full_name")
+
+    number = _field(pr, "number", "pull_request.number")
+    if not isinstance(number, int) or isinstance(number, bool):
+        raise BadPayload("pull_request.number: not an integer")
+    if not 0 < number < _MAX_NUMBER:
+        raise BadPayload("pull_request.number: out of range")
+
+    url = _string(pr, "html_url", "pull_request.html_url")
+    if len(url) > _MAX_URL or not _URL.fullmatch(url):
+        raise BadPayload("pull_request.html_url: not an http(s) URL")
+
+    state_text = _string(pr, "state", "pull_request.state")
+    try:
+        state = PullRequestState(state_text)
+    except ValueError:
+        raise BadPayload("pull_request.state: neither 'open' nor 'closed'") from None
+
+    user = _object(_field(pr, "user", "pull_request.user"), "pull_request.user")
+    head = _object(_field(pr, "head", "pull_request.head"), "pull_request.head")
+    base = _object(_field(pr, "base", "pull_request.base"), "pull_request.base")
+
+    head_sha = _string(head, "sha", "pull_request.head.sha")
+    if not _SHA.fullmatch(head_sha):
+        raise BadPayload("pull_request.head.sha: not 40 hex digits")
+
+    return PullRequestEvent(
+        delivery_id=delivery_id,
+        provider=Provider.GITHUB,
+        action=action,
+        repo=repo,
+        number=number,
+        url=url,
+        title=_string(pr, "title", "pull_request.title", allow_empty=True),
+        author=_string(user, "login", "pull_request.user.login"),
+        head_sha=head_sha.lower(),
+        head_branch=_ref(head, "pull_request.head.ref"),
+        base_branch=_ref(base, "pull_request.base.ref"),
+        state=state,
+        merged=_merged(pr),
+        draft=_optional_bool(pr, "draft", "pull_request.draft"),
+        fork=_is_fork(head=head, base=base, repo=repo),
+        labels=_labels(pr),
+        received_at=received_at,
+    )
+
+
+def _short(value: str) -> str:
+    """Sender-controlled text, quoted for a log line or a reply: short and printable."""
+    text = _UNSAFE.sub("?", value[:40]) + ("..." if len(value) > 40 else "")
+    return f"'{text}'"
+
+
+def _object(value: object, path: str) -> Mapping[str, object]:
+    if not isinstance(value, Mapping):
+        raise BadPayload(f"{path}: not an object")
+    return value
+
+
+def _field(obj: Mapping[str, object], key: str, path: str) -> object:
+    if key not in obj or obj[key] is None:
+        raise BadPayload(f"{path}: missing")
+    return obj[key]
+
+
+def _string(obj: Mapping[str, object], key: str, path: str, *, allow_empty: bool = False) -> str:
+    value = _field(obj, key, path)
+    if not isinstance(value, str):
+        raise BadPayload(f"{path}: not a string")
+    if not value and not allow_empty:
+        raise BadPayload(f"{path}: empty")
+    return value
+
+
+def _optional_bool(obj: Mapping[str, object], key: str, path: str) -> bool:
+    value = obj.get(key)
+    if value is None:  # older payloads predate the field
+        return False
+    if not isinstance(value, bool):
+        raise BadPayload(f"{path}: not a boolean")
+    return value
+
+
+def _full_name(obj: Mapping[str, object], path: str) -> str:
+    value = _string(obj, "full_name", path)
+    if len(value) > _MAX_FULL_NAME or not _FULL_NAME.fullmatch(value):
+        raise BadPayload(f"{path}: not 'owner/name'")
+    return value
+
+
+def _ref(obj: Mapping[str, object], path: str) -> str:
+    value = _string(obj, "ref", path)
+    if len(value) > _MAX_REF or _CONTROL.search(value):
+        raise BadPayload(f"{path}: not a branch name")
+    return value
+
+
+def _merged(pr: Mapping[str, object]) -> bool:
+    if pr.get("merged") is None:  # some payloads only carry merged_at
+        merged_at = pr.get("merged_at")
+        if merged_at is not None and not isinstance(merged_at, str):
+            raise BadPayload("pull_request.merged_at: not a string")
+        return bool(merged_at)
+    return _optional_bool(pr, "merged", "pull_request.merged")
+
+
+def _is_fork(*, head: Mapping[str, object], base: Mapping[str, object], repo: str) -> bool:
+    """A PR whose head lives in another repository; a deleted head repository counts as a fork."""
+    head_repo = head.get("repo")
+    if head_repo is None:
+        return True
+    head_name = _full_name(_object(head_repo, "pull_request.head.repo"), "pull_request.head.repo.full_name")
+    base_repo = base.get("repo")
+    base_name = (
+        repo
+        if base_repo is None
+        else _full_name(_object(base_repo, "pull_request.base.repo"), "pull_request.base.repo.full_name")
+    )
+    # Owner and repository names are case-insensitive on GitHub.
+    return head_name.casefold() != base_name.casefold()
+
+
+def _labels(pr: Mapping[str, object]) -> tuple[str, ...]:
+    labels = pr.get("labels")
+    if labels is None:
+        return ()
+    if not isinstance(labels, list):
+        raise BadPayload("pull_request.labels: not a list")
+    names: list[str] = []
+    for index, label in enumerate(labels):
+        path = f"pull_request.labels[{index}]"
+        names.append(_string(_object(label, path), "name", f"{path}.name"))
+    return tuple(names)
+
+
+# ------------------------------------------------------------------------------------------------ API
+
+
+_INACTIVE_STATES = frozenset({"inactive", "error", "failure"})
+_MAX_DESCRIPTION = 140  # GitHub refuses longer deployment (status) descriptions
+_SECONDARY_RATE_LIMIT_DELAY = 60.0  # GitHub: "wait for at least one minute before retrying"
+
+
+class GitHubClient:
+    """Feedback calls through PyGithub against ``api_url`` (GitHub Enterprise: ``https://host/api/v3``).
+
+    PyGithub's own retries are off and nothing here sleeps on a rate limit: failures become
+    :class:`ProviderError` (retry, with ``delay`` from ``Retry-After`` / ``X-RateLimit-Reset``) or
+    :class:`ProviderRejected` (do not retry). ``seconds_between_writes`` keeps GitHub's advice of
+    about a second between mutating requests per token.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_url: str,
+        token: SecretStr,
+        seconds_between_writes: float = 1.0,
+        timeout: float = 10.0,
+        seconds_between_requests: float = 0.0,
+    ) -> None:
+        parts = urlsplit(api_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError("providers.github.api_url: not an http(s) URL")
+        if not token.get_secret_value():
+            raise ConfigError("providers.github.token: empty")
+        self._token = token
+        self._login: str | None = None
+        self._login_looked_up = False
+        self._github = Github(
+            base_url=api_url.rstrip("/"),
+            auth=Auth.Token(token.get_secret_value()),
+            timeout=max(1, math.ceil(timeout)),  # PyGithub insists on an int
+            retry=None,  # the outbox retries, with backoff; never block a worker here
+            per_page=100,
+            seconds_between_requests=seconds_between_requests or None,
+            seconds_between_writes=seconds_between_writes or None,
+            user_agent="devstack",
+            lazy=True,  # no GET for objects we only need the URL of
+        )
+
+    # -- the sticky comment
+
+    def upsert_comment(
+        self, *, repo: str, number: int, body: str, marker: str, comment_id: int | None = None
+    ) -> int:
+        """Create or edit the PR's sticky comment (the one containing ``marker``); return its id.
+
+        With ``comment_id``, that comment is read and edited only when its body differs. A comment
+        that is gone (404) or belongs to another PR is looked up again by ``marker``.
+        """
+        if not marker or marker not in body:
+            raise ValueError("the comment body must contain the marker")
+        with self._calls(f"sticky comment on {repo}#{number}"):
+            issue = self._repo(repo).get_issue(number)
+            comment = self._comment_by_id(issue, number=number, comment_id=comment_id)
+            if comment is None:
+                comment = self._comment_by_marker(issue, marker=marker)
+            if comment is None:
+                created = issue.create_comment(body)
+                logger.info("created the devstack comment %s on %s#%s", created.id, repo, number)
+                return int(created.id)
+            if comment.body != body:
+                comment.edit(body)
+                logger.info("edited the devstack comment %s on %s#%s", comment.id, repo, number)
+            else:
+                logger.debug("the devstack comment %s on %s#%s is current", comment.id, repo, number)
+            return int(comment.id)
+
+    def _comment_by_id(self, issue: Issue, *, number: int, comment_id: int | None) -> IssueComment | None:
+        if comment_id is None:
+            return None
+        comment = issue.get_comment(comment_id)
+        try:
+            comment.body  # noqa: B018 - lazy object: this is the GET
+        except GithubException as exc:
+            if exc.status != 404:
+                raise
+            logger.info("comment %s is gone; looking for the devstack comment on #%s", comment_id, number)
+            return None
+        issue_url = comment.issue_url
+        if issue_url and not issue_url.endswith(f"/issues/{number}"):
+            logger.warning("comment %s is not on #%s; looking for the devstack comment", comment_id, number)
+            return None
+        return comment
+
+    def _comment_by_marker(self, issue: Issue, *, marker: str) -> IssueComment | None:
+        found = [comment for comment in issue.get_comments() if marker in (comment.body or "")]
+        if len(found) > 1:
+            # Someone quoted or copied the marker: prefer the comment this token wrote.
+            login = self._token_login()
+            for comment in found:
+                if login is not None and comment.user is not None and comment.user.login == login:
+                    return comment
+        return found[0] if found else None
+
+    def _token_login(self) -> str | None:
+        """The token's own login, looked up once (``None`` where the token may not read ``/user``)."""
+        if not self._login_looked_up:
+            self._login_looked_up = True
+            try:
+                self._login = self._github.get_user().login
+            except GithubException as exc:  # GitHub App installation tokens get 403 here
+                logger.info(
+                    "cannot read the token's user (HTTP %s); taking the first marked comment", exc.status
+                )
+        return self._login
+
+    # -- deployments
+
+    def deploy(self, *, repo: str, sha: str, environment: str, url: str, description: str) -> int:
+        """Create a transient Deployment of ``sha`` to ``environment`` with a ``success`` status."""
+        description = _clip(description)
+        with self._calls(f"deployment of {repo}@{sha[:12]} to {environment}"):
+            deployment = self._repo(repo).create_deployment(
+                ref=sha,
+                environment=environment,
+                description=description,
+                transient_environment=True,
+                production_environment=False,
+                auto_merge=False,
+                required_contexts=[],
+            )
+            deployment.create_status("success", environment_url=url, description=description)
+            logger.info("deployment %s of %s to %s is live at %s", deployment.id, repo, environment, url)
+            return int(deployment.id)
+
+    def deactivate(self, *, repo: str, environment: str) -> int:
+        """Mark every active deployment of ``environment`` inactive; return how many changed."""
+        changed = 0
+        with self._calls(f"deactivating {environment} of {repo}"):
+            for deployment in self._repo(repo).get_deployments(environment=environment):
+                latest = next(iter(deployment.get_statuses()), None)  # newest first
+                if latest is not None and latest.state in _INACTIVE_STATES:
+                    continue
+                deployment.create_status("inactive", description="Preview removed")
+                changed += 1
+        logger.info("deactivated %d deployment(s) of %s in %s", changed, environment, repo)
+        return changed
+
+    # -- plumbing
+
+    def _repo(self, repo: str) -> Repository:
+        if not _FULL_NAME.fullmatch(repo):
+            raise ProviderRejected(f"not a GitHub repository name: {repo[:100]!r}")
+        return self._github.get_repo(repo)
+
+    @contextmanager
+    def _calls(self, what: str) -> Iterator[None]:
+        """Translate PyGithub and network failures into devstack's temporary/permanent errors."""
+        try:
+            yield
+        except GithubException as exc:
+            raise _translate(exc, what=what, token=self._token.get_secret_value(), now=time.time()) from exc
+        except requests.RequestException as exc:
+            detail = _scrub(str(exc), self._token.get_secret_value())
+            raise ProviderError(f"GitHub {what}: {type(exc).__name__}: {detail}") from exc
+
+
+def _translate(
+    exc: GithubException, *, what: str, token: str, now: float
+) -> ProviderError | ProviderRejected:
+    status = exc.status
+    headers = {str(key).lower(): str(value) for key, value in (exc.headers or {}).items()}
+    message = _scrub(_error_message(exc.data), token)
+    text = f"GitHub {what}: HTTP {status}" + (f": {message}" if message else "")
+    retry_after = _retry_after(headers.get("retry-after"), now=now)
+    if status >= 500:
+        return ProviderError(text, delay=retry_after)
+    if status in (403, 429):
+        if retry_after is not None:
+            return ProviderError(text, delay=retry_after)
+        if headers.get("x-ratelimit-remaining") == "0":
+            reset = _epoch(headers.get("x-ratelimit-reset"))
+            return ProviderError(text, delay=None if reset is None else max(0.0, reset - now))
+        if Requester.isRateLimitError(message):
+            return ProviderError(text, delay=_SECONDARY_RATE_LIMIT_DELAY)
+        if status == 429:
+            return ProviderError(text)
+    return ProviderRejected(text)
+
+
+def _error_message(data: Any) -> str:
+    if isinstance(data, Mapping):
+        message = data.get("message")
+        return message[:300] if isinstance(message, str) else ""
+    return ""
+
+
+def _retry_after(value: str | None, *, now: float) -> float | None:
+    """``Retry-After``: delay-seconds or an HTTP date."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _epoch(value: str | None) -> float | None:
+    if value is None or not value.strip().isdigit():
+        return None
+    return float(value.strip())
+
+
+def _scrub(text: str, token: str) -> str:
+    return text.replace(token, "***") if token else text
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_DESCRIPTION else text[: _MAX_DESCRIPTION - 1] + "…"
