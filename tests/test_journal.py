@@ -95,3 +95,16 @@ def test_backoff_grows_is_capped_and_jittered() -> None:
     assert all(0.5 * min(60, 2 ** (n - 1)) <= d <= min(60, 2 ** (n - 1)) for n, d in zip(range(1, 12), delays,
                                                                                         strict=True))
     assert max(delays) <= 60
+
+
+def test_a_delivery_waiting_for_retry_is_not_overtaken(tmp_path: Path) -> None:
+    """An opened event retried after a later synchronize would undo it: the queue is strictly FIFO."""
+    clock = Clock()
+    journal = Journal(tmp_path / "j.sqlite3", clock=clock)
+    journal.record(delivery_id="opened", provider="github", event="pull_request", payload="{}")
+    [first] = journal.take_batch(limit=10)
+    journal.retry([first.seq], error="push rejected", max_attempts=5, backoff_max=60, delay=10)
+    journal.record(delivery_id="synchronize", provider="github", event="pull_request", payload="{}")
+    assert journal.take_batch(limit=10) == []
+    clock.now += 10
+    assert [d.delivery_id for d in journal.take_batch(limit=10)] == ["opened", "synchronize"]

@@ -5,8 +5,9 @@ acknowledged (202) only after :meth:`Journal.record` has committed it, and it st
 until the worker has pushed its effect, so a restart (or ``kill -9``) resumes where it stopped.
 
 * ``deliveries``: every accepted delivery, deduplicated by its delivery id. ``pending`` deliveries
-  are taken in arrival order (``seq``) in batches; a failed batch is retried with exponential backoff
-  and jitter; after ``max_attempts`` the delivery becomes a dead letter (``dead``), listed by
+  are taken strictly in arrival order (``seq``) in batches; a failed batch is retried with exponential
+  backoff and jitter, holding back the deliveries behind it; after ``max_attempts`` the delivery
+  becomes a dead letter (``dead``), listed by
   :meth:`dead_letters` and re-driven by :meth:`redrive`. Ignored deliveries are kept too (``ignored``)
   so the dashboard can show what arrived and why nothing happened.
 * ``outbox``: the latest feedback per PR (coalesced: ten pushes in a burst make one comment edit).
@@ -71,8 +72,8 @@ CREATE TABLE IF NOT EXISTS sticky (
 
 def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = 300.0, rng: random.Random | None = None) -> float:
     """Exponential backoff with jitter: ``base * 2**(attempt-1)`` capped at ``cap``, times 0.5..1."""
-    ceiling = min(cap, base * (2 ** max(0, min(attempt - 1, 30))))
-    return ceiling * (0.5 + 0.5 * (rng or random).random())  # noqa: S311 - jitter, not crypto
+    ceiling = min(cap, base * float(2 ** max(0, min(attempt - 1, 30))))
+    return ceiling * (0.5 + 0.5 * (rng or random).random())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,11 +156,17 @@ class Journal:
             return cursor.rowcount == 1
 
     def take_batch(self, *, limit: int) -> list[Delivery]:
-        """The oldest pending deliveries that are due, in arrival order (they stay pending)."""
-        rows = self._query(
-            "SELECT * FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY seq LIMIT ?",
-            (self._clock(), limit),
-        )
+        """The oldest pending deliveries, in arrival order (they stay pending until completed).
+
+        Strictly first in, first out: while the oldest pending delivery waits for its retry, nothing
+        behind it is taken, so a later event for the same PR can never overtake an earlier one (which
+        would let a retried ``opened`` undo the ``synchronize`` that followed it). Retries come from
+        git failures, which stop every delivery anyway; an entry that cannot be valid is
+        dead-lettered at once instead of retried, so it never blocks the queue.
+        """
+        rows = self._query("SELECT * FROM deliveries WHERE status = 'pending' ORDER BY seq LIMIT ?", (limit,))
+        if not rows or rows[0]["next_attempt_at"] > self._clock():
+            return []
         return [_delivery(row) for row in rows]
 
     def complete(

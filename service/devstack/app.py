@@ -1,0 +1,224 @@
+"""The HTTP edge: ``create_app(settings)`` builds a FastAPI app; routes stay thin.
+
+Webhooks are verified (constant-time signature check) *before* the body is parsed, translated by
+the provider into shared events, made durable in the journal, and only then acknowledged (202).
+Typed errors become HTTP status codes here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from devstack import __version__
+from devstack.catalog import Settings
+from devstack.errors import BadPayload, PayloadTooLarge, Unauthorized, WebhookError
+from devstack.journal import Delivery
+from devstack.log import bind
+from devstack.planner import NEVER
+from devstack.providers import github
+from devstack.runtime import Runtime, webhook_secrets
+
+logger = logging.getLogger(__name__)
+
+_STATUS = {Unauthorized: 401, PayloadTooLarge: 413, BadPayload: 400}
+
+
+def create_app(
+    settings: Settings,
+    *,
+    runtime_factory: Callable[[Settings], Runtime] = Runtime.build,
+    run_workers: bool = True,
+) -> FastAPI:
+    """The devstack app. ``run_workers=False`` serves the API only (tests drive the worker by hand)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = runtime_factory(settings)
+        app.state.runtime = runtime
+        app.state.github_secrets = webhook_secrets(settings, "github")
+        if run_workers:
+            runtime.start()
+        try:
+            yield
+        finally:
+            runtime.close()
+
+    app = FastAPI(title="devstack", version=__version__, lifespan=lifespan)
+
+    @app.exception_handler(WebhookError)
+    async def _webhook_error(request: Request, exc: WebhookError) -> JSONResponse:
+        status = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 400)
+        logger.warning("webhook refused (%d): %s", status, exc)
+        return JSONResponse({"error": str(exc)}, status_code=status)
+
+    @app.post("/webhooks/github", status_code=202)
+    async def github_webhook(request: Request) -> JSONResponse:
+        runtime: Runtime = request.app.state.runtime
+        body = await _read_body(request, limit=settings.security.max_body_bytes)
+        github.verify_signature(
+            body=body, signature=request.headers.get(github.SIGNATURE_HEADER),
+            secrets=request.app.state.github_secrets,
+        )
+        event_name = request.headers.get("X-GitHub-Event", "").strip()
+        delivery_id = request.headers.get("X-GitHub-Delivery", "").strip()
+        if not event_name:
+            raise BadPayload("missing X-GitHub-Event header")
+        if not delivery_id or len(delivery_id) > 200:
+            raise BadPayload("missing or invalid X-GitHub-Delivery header")
+        with bind(delivery=delivery_id, provider="github"):
+            if event_name == "ping":
+                return JSONResponse({"status": "pong", "delivery": delivery_id}, status_code=200)
+            payload = _json(body, content_type=request.headers.get("content-type", ""))
+            result = github.parse_delivery(
+                event=event_name, delivery_id=delivery_id, payload=payload, received_at=datetime.now(UTC)
+            )
+            if isinstance(result, github.Ignored):
+                await run_in_threadpool(
+                    runtime.journal.record, delivery_id=delivery_id, provider="github", event=event_name,
+                    ignored=result.reason,
+                )
+                logger.info("ignored %s: %s", event_name, result.reason)
+                return JSONResponse({"status": "ignored", "reason": result.reason, "delivery": delivery_id},
+                                    status_code=200)
+            with bind(repo=result.repo, pr=result.number):
+                if not settings.repo_allowed(result.repo):
+                    await run_in_threadpool(
+                        runtime.journal.record, delivery_id=delivery_id, provider="github", event=event_name,
+                        pr=result.key, ignored="repository not allowed",
+                    )
+                    logger.warning("ignored: repository %s is not in security.repos", result.repo)
+                    return JSONResponse(
+                        {"status": "ignored", "reason": "repository not allowed", "delivery": delivery_id},
+                        status_code=200,
+                    )
+                new = await run_in_threadpool(
+                    runtime.journal.record, delivery_id=delivery_id, provider="github", event=event_name,
+                    pr=result.key, payload=result.to_json(),
+                )
+                if not new:
+                    logger.info("duplicate delivery; already recorded")
+                    return JSONResponse({"status": "duplicate", "delivery": delivery_id}, status_code=200)
+                logger.info("queued %s %s", event_name, result.action)
+                return JSONResponse({"status": "queued", "delivery": delivery_id}, status_code=202)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        runtime: Runtime = request.app.state.runtime
+        if runtime.worker.healthy:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse(
+            {"status": "degraded", "reason": runtime.worker.last_error or "git store not open yet"}, status_code=503
+        )
+
+    @app.get("/api/previews")
+    async def previews(request: Request) -> list[dict[str, Any]]:
+        runtime: Runtime = request.app.state.runtime
+        return previews_view(runtime.worker.snapshot())
+
+    @app.get("/api/deliveries")
+    async def deliveries(request: Request, limit: int = 50) -> list[dict[str, Any]]:
+        runtime: Runtime = request.app.state.runtime
+        rows = await run_in_threadpool(runtime.journal.recent, limit=max(1, min(limit, 500)))
+        return [_delivery_view(row) for row in rows]
+
+    @app.get("/api/deadletters")
+    async def deadletters(request: Request) -> dict[str, Any]:
+        runtime: Runtime = request.app.state.runtime
+        dead = await run_in_threadpool(runtime.journal.dead_letters)
+        feedback = await run_in_threadpool(runtime.journal.dead_feedback)
+        return {
+            "deliveries": [_delivery_view(row) for row in dead],
+            "feedback": [{"pr": f.pr, "attempts": f.attempts, "error": f.last_error} for f in feedback],
+        }
+
+    @app.get("/api/feedback")
+    async def feedback(request: Request) -> list[dict[str, Any]]:
+        runtime: Runtime = request.app.state.runtime
+        items = await run_in_threadpool(runtime.journal.feedback)
+        return [
+            {"pr": i.pr, "status": i.status, "attempts": i.attempts, "error": i.last_error, "body": i.sent_body,
+             "commentId": i.comment_id}
+            for i in items
+        ]
+
+    return app
+
+
+async def _read_body(request: Request, *, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise PayloadTooLarge(f"body is larger than {limit} bytes")
+        except ValueError:
+            raise BadPayload("invalid Content-Length header") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json(body: bytes, *, content_type: str) -> Any:
+    if "application/x-www-form-urlencoded" in content_type:
+        raise BadPayload("webhook content type must be application/json")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise BadPayload(f"body is not valid JSON: {str(exc)[:200]}") from None
+
+
+def _delivery_view(row: Delivery) -> dict[str, Any]:
+    return {
+        "delivery": row.delivery_id, "provider": row.provider, "event": row.event, "pr": row.pr,
+        "status": row.status, "outcome": row.outcome, "attempts": row.attempts, "error": row.last_error,
+        "receivedAt": datetime.fromtimestamp(row.received_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def previews_view(state: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """What ``/api/previews`` and ``devstack previews`` show: one object per feature stack."""
+    result = []
+    for feature in sorted(state):
+        elements = sorted(state[feature], key=lambda e: e["service"])
+        prs: dict[str, dict[str, str]] = {}
+        for element in elements:
+            source = element["source"]
+            key = f"{source['provider']}:{source['repo']}#{source['number']}"
+            prs[key] = {"pr": key, "url": source["url"], "sha": source["sha"], "branch": source["branch"]}
+        expiries = [e["expiresAt"] for e in elements if e["expiresAt"] != NEVER]
+        result.append(
+            {
+                "feature": feature,
+                "namespace": elements[0]["namespace"],
+                "expiresAt": min(expiries) if expiries else NEVER,
+                "services": [
+                    {
+                        "service": e["service"],
+                        "url": f"https://{e['values']['host']}",
+                        "image": f"{e['values']['image']['repository']}:{e['values']['image']['tag']}",
+                        "sha": e["source"]["sha"],
+                        "pr": e["source"]["url"],
+                    }
+                    for e in elements
+                ],
+                "prs": sorted(prs.values(), key=lambda p: p["pr"]),
+            }
+        )
+    return result

@@ -1,0 +1,197 @@
+"""``devstack serve | previews | replay | render | hook``."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import logging
+import sys
+import tempfile
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from devstack import __version__
+from devstack import log as devstack_log
+from devstack.catalog import Settings, load_settings
+from devstack.errors import ConfigError, DevstackError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    devstack_log.setup(level=args.log_level, fmt=args.log_format)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"devstack: {exc}", file=sys.stderr)
+        return 2
+    except DevstackError as exc:
+        print(f"devstack: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="devstack", description="Preview environments per pull request.")
+    parser.add_argument("--version", action="version", version=f"devstack {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the webhook service")
+    _config_argument(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    serve.set_defaults(func=cmd_serve)
+
+    previews = commands.add_parser("previews", help="list the previews (from a server, or the GitOps repo)")
+    source = previews.add_mutually_exclusive_group()
+    source.add_argument("--url", help=f"a running devstack (default {DEFAULT_URL})")
+    source.add_argument("--config", type=Path, help="read the GitOps repo of this configuration directly")
+    previews.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    previews.set_defaults(func=cmd_previews)
+
+    replay = commands.add_parser("replay", help="send a recorded webhook payload, signed, to a running server")
+    replay.add_argument("file", type=Path, help="the JSON payload")
+    replay.add_argument("--event", required=True, help="event name, e.g. pull_request (X-GitHub-Event)")
+    replay.add_argument("--url", default=DEFAULT_URL, help=f"the server (default {DEFAULT_URL})")
+    replay.add_argument("--provider", default="github", choices=["github"], help="how to sign it")
+    replay.add_argument("--delivery", help="delivery id (default: a new UUID)")
+    replay.add_argument("--secret", help="webhook secret (default: from --config, else the generated one)")
+    _config_argument(replay)
+    replay.set_defaults(func=cmd_replay)
+
+    _optional_commands(commands)
+    return parser
+
+
+def _optional_commands(commands: Any) -> None:
+    """Commands whose heavy dependencies (helm, psycopg, boto3) are imported only when they run."""
+    from devstack import render
+    from devstack.hooks import cli as hooks_cli
+
+    parser = commands.add_parser("render", help="print the Applications and manifests for an entry file")
+    render.add_arguments(parser)
+    parser.set_defaults(func=render.run)
+    parser = commands.add_parser("hook", help="run a provisioning hook (inside a preview's hook Jobs)")
+    hooks_cli.add_arguments(parser)
+    parser.set_defaults(func=hooks_cli.run)
+
+
+def _config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, default=None,
+        help="devstack.yaml (default: embedded defaults; DEVSTACK_* variables override either)",
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from devstack.app import create_app
+    from devstack.runtime import ensure_webhook_secret
+
+    settings = load_settings(args.config)
+    if not settings.providers.github.webhook_secrets or not settings.providers.gitlab.webhook_secrets:
+        secret, created = ensure_webhook_secret(settings.state_dir)
+        where = settings.state_dir / "webhook-secret"
+        if created:
+            print(f"Generated a webhook secret (shown once; kept in {where}):\n\n    {secret.get_secret_value()}\n",
+                  flush=True)
+        else:
+            logger.info("using the generated webhook secret in %s", where)
+    if not settings.gitops.url:
+        logger.info("GitOps repo: local bare repo %s (branch %s)", settings.local_remote_path, settings.gitops.branch)
+    if settings.providers.github.token is None:
+        logger.info("no GitHub token: PR feedback is recorded locally (GET /api/feedback)")
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None, access_log=False)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    body = args.file.read_bytes()
+    secret = args.secret or _default_secret(args.config)
+    delivery = args.delivery or str(uuid.uuid4())
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": args.event,
+        "X-GitHub-Delivery": delivery,
+        "X-Hub-Signature-256": f"sha256={digest}",
+        "User-Agent": f"devstack-replay/{__version__}",
+    }
+    try:
+        response = requests.post(f"{args.url.rstrip('/')}/webhooks/github", data=body, headers=headers, timeout=30)
+    except requests.RequestException as exc:
+        print(f"devstack: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{response.status_code} {response.text}")
+    return 0 if response.ok else 1
+
+
+def _default_secret(config: Path | None) -> str:
+    settings = load_settings(config)
+    if settings.providers.github.webhook_secrets:
+        return settings.providers.github.webhook_secrets[0].get_secret_value()
+    path = settings.state_dir / "webhook-secret"
+    if not path.exists():
+        raise ConfigError(f"no webhook secret: pass --secret, or start `devstack serve` once to generate {path}")
+    return path.read_text(encoding="utf-8").strip()
+
+
+def cmd_previews(args: argparse.Namespace) -> int:
+    if args.config is not None:
+        data = _previews_from_repo(load_settings(args.config))
+    else:
+        url = (args.url or DEFAULT_URL).rstrip("/")
+        try:
+            response = requests.get(f"{url}/api/previews", timeout=30)
+            response.raise_for_status()
+        except requests.RequestException as exc:
+            print(f"devstack: cannot read previews from {url}: {exc}", file=sys.stderr)
+            return 1
+        data = response.json()
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(format_previews(data))
+    return 0
+
+
+def _previews_from_repo(settings: Settings) -> list[dict[str, Any]]:
+    from devstack.app import previews_view
+    from devstack.gitops import GitStore
+    from devstack.worker import EntryCache
+
+    with (
+        tempfile.TemporaryDirectory(prefix="devstack-previews-") as tmp,
+        GitStore(url=settings.gitops_url, branch=settings.gitops.branch, path=settings.gitops.path,
+                 workdir=Path(tmp) / "clone") as store,
+    ):
+        return previews_view(EntryCache().decode(store.read()))
+
+
+def format_previews(data: list[dict[str, Any]]) -> str:
+    rows = [("FEATURE", "SERVICE", "URL", "IMAGE", "PR", "EXPIRES")]
+    for preview in data:
+        for service in preview["services"]:
+            rows.append((preview["feature"], service["service"], service["url"], service["image"].rsplit("/", 1)[-1],
+                         service["pr"], preview["expiresAt"]))
+    if len(rows) == 1:
+        return "no previews"
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

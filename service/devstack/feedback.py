@@ -1,0 +1,192 @@
+"""The sticky PR comment: rendered (pure) from a :class:`~devstack.planner.Feedback`, and sent.
+
+One comment per PR, found by the hidden marker, edited in place and never re-posted (DESIGN §6).
+The text is a ``string.Template`` shipped in the package (``templates/comment-*.md``), so it can be
+reviewed on its own and is tested against golden files.
+
+:class:`FeedbackSender` drains the outbox apart from the git path: the journal keeps only the
+latest state per PR, so a burst of pushes becomes one edit; failures are retried with backoff
+(honouring ``Retry-After`` / rate-limit resets) and dead-lettered after ``feedback.max_attempts``.
+With no provider token the feedback is *recorded* locally (shown by the API and the dashboard).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import asdict
+from functools import cache
+from importlib import resources
+from string import Template
+from typing import Any, Protocol
+
+from devstack.catalog import Settings
+from devstack.errors import PermanentError, TemporaryError
+from devstack.events import Provider, PullRequestRef
+from devstack.journal import Journal, OutboxItem
+from devstack.log import bind
+from devstack.planner import NEVER, Feedback, ServiceLink
+
+logger = logging.getLogger(__name__)
+
+MARKER = "<!-- devstack:preview -->"
+
+
+def feedback_to_dict(feedback: Feedback) -> dict[str, Any]:
+    data = asdict(feedback)
+    data["pr"] = {"provider": feedback.pr.provider.value, "repo": feedback.pr.repo, "number": feedback.pr.number}
+    return data
+
+
+def feedback_from_dict(data: dict[str, Any]) -> Feedback:
+    pr = data["pr"]
+    return Feedback(
+        pr=PullRequestRef(provider=Provider(pr["provider"]), repo=pr["repo"], number=int(pr["number"])),
+        pr_url=data["pr_url"],
+        status=data["status"],
+        feature=data["feature"],
+        sha=data["sha"],
+        services=tuple(ServiceLink(**s) for s in data.get("services", ())),
+        header=data.get("header", ""),
+        expires_at=data.get("expires_at", NEVER),
+        reason=data.get("reason", ""),
+    )
+
+
+@cache
+def _template(name: str) -> Template:
+    return Template(resources.files("devstack").joinpath("templates", name).read_text(encoding="utf-8"))
+
+
+_REASONS = {
+    "merged": "the pull request was merged",
+    "closed": "the pull request was closed",
+    "draft": "the pull request was converted to a draft",
+    "expired": "it expired",
+    "no preview label": "the preview label was removed",
+    "fork": "forks are not deployed",
+}
+
+
+def render_comment(feedback: Feedback) -> str:
+    """The whole body of the sticky comment (Markdown), starting with the hidden marker."""
+    if feedback.status != "active":
+        return _template("comment-removed.md").substitute(
+            marker=MARKER,
+            feature=_code(feedback.feature),
+            reason=_REASONS.get(feedback.reason, feedback.reason or "it was removed"),
+        ).rstrip("\n") + "\n"
+    rows = "\n".join(
+        f"| `{link.service}` | {link.url} | `{_short_image(link.image)}` | {_from(link, feedback)} |"
+        for link in feedback.services
+    )
+    return _template("comment-active.md").substitute(
+        marker=MARKER,
+        feature=_code(feedback.feature),
+        rows=rows,
+        header=feedback.header,
+        feature_plain=feedback.feature,
+        sha=_code(feedback.sha[:12] or "-"),
+        expires="never" if feedback.expires_at == NEVER else feedback.expires_at.replace("T", " ").replace("Z", " UTC"),
+    ).rstrip("\n") + "\n"
+
+
+def _code(text: str) -> str:
+    return f"`{text.replace('`', '')}`"
+
+
+def _short_image(image: str) -> str:
+    repository, _, tag = image.rpartition(":")
+    return f"{repository}:{tag[:12]}" if len(tag) == 40 else image
+
+
+def _from(link: ServiceLink, feedback: Feedback) -> str:
+    return "this PR" if link.source == feedback.pr.key else link.source.split(":", 1)[-1]
+
+
+class FeedbackClient(Protocol):
+    """What a provider's API client offers for feedback (GitHub, GitLab, or a local recorder)."""
+
+    def upsert_comment(self, *, repo: str, number: int, body: str, marker: str, comment_id: int | None = None) -> int:
+        ...
+
+    def deploy(self, *, repo: str, sha: str, environment: str, url: str, description: str) -> int:
+        ...
+
+    def deactivate(self, *, repo: str, environment: str) -> int:
+        ...
+
+
+class FeedbackSender:
+    """Drains the outbox: one comment upsert (and deployment update) per PR with pending feedback."""
+
+    def __init__(self, *, settings: Settings, journal: Journal, clients: dict[str, FeedbackClient]) -> None:
+        self._settings = settings
+        self._journal = journal
+        self._clients = clients
+
+    def run_once(self, *, limit: int = 20) -> int:
+        """Send what is due; returns how many items were handled (sent, recorded or failed)."""
+        items = self._journal.take_feedback(limit=limit)
+        for item in items:
+            with bind(pr=item.pr, provider=item.provider):
+                self._send(item)
+        return len(items)
+
+    def _send(self, item: OutboxItem) -> None:
+        feedback = feedback_from_dict(item.payload)
+        body = render_comment(feedback)
+        client = self._clients.get(item.provider)
+        if client is None:
+            self._journal.feedback_sent(item, body=body, status="recorded")
+            logger.info("feedback recorded locally (no %s token configured)", item.provider)
+            return
+        try:
+            comment_id = client.upsert_comment(
+                repo=feedback.pr.repo, number=feedback.pr.number, body=body, marker=MARKER,
+                comment_id=item.comment_id,
+            )
+            deployed = self._deployment(client, feedback, item)
+        except TemporaryError as exc:
+            dead = self._journal.feedback_failed(
+                item, error=str(exc), max_attempts=self._settings.feedback.max_attempts,
+                backoff_max=self._settings.feedback.backoff_max, delay=exc.delay,
+            )
+            logger.warning("feedback failed (%s)%s", exc, ": dead letter" if dead else "; will retry")
+            return
+        except PermanentError as exc:
+            self._journal.feedback_failed(
+                item, error=str(exc), max_attempts=1, backoff_max=self._settings.feedback.backoff_max, permanent=True
+            )
+            logger.error("feedback rejected (%s): dead letter", exc)
+            return
+        self._journal.feedback_sent(item, body=body, comment_id=comment_id, deployed_sha=deployed)
+        logger.info("feedback sent: %s comment %s", feedback.status, comment_id)
+
+    def _deployment(self, client: FeedbackClient, feedback: Feedback, item: OutboxItem) -> str | None:
+        """Keep the provider's deployment/environment in step; returns the sha now deployed (or None)."""
+        if not self._settings.feedback.deployments:
+            return None
+        environment = f"preview/{feedback.feature}"
+        if feedback.status != "active":
+            if item.deployed_sha:
+                client.deactivate(repo=feedback.pr.repo, environment=environment)
+            return ""
+        own = [link for link in feedback.services if link.source == feedback.pr.key]
+        if not own or not feedback.sha or feedback.sha == item.deployed_sha:
+            return None
+        client.deploy(
+            repo=feedback.pr.repo, sha=feedback.sha, environment=environment, url=own[0].url,
+            description=f"devstack preview {feedback.feature}",
+        )
+        return feedback.sha
+
+    def run_forever(self, stop: threading.Event, *, interval: float = 0.5) -> None:
+        while not stop.is_set():
+            try:
+                handled = self.run_once()
+            except Exception:
+                logger.exception("feedback sender crashed; continuing")
+                handled = 0
+            if not handled:
+                stop.wait(interval)

@@ -1,0 +1,240 @@
+"""The worker: drains the journal in batches — plan, validate, one commit, push — then queues feedback.
+
+One path for every change (DESIGN §2). A batch is planned on the current tree of the GitOps repo; the
+git store calls the planning function again on the new tree whenever a push is rejected, so the
+plan is always made against what is really there. Every entry is validated before the commit; an
+event whose entry does not validate is isolated (the batch is retried event by event) and becomes a
+dead letter, so one bad event never blocks the others nor freezes the ApplicationSet.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from devstack import entries as entry_format
+from devstack.catalog import Settings
+from devstack.entries import Element
+from devstack.errors import InvalidEntry, PermanentError, TemporaryError
+from devstack.events import PullRequestEvent
+from devstack.feedback import feedback_to_dict
+from devstack.gitops import CommitResult, GitStore
+from devstack.journal import Delivery, Journal
+from devstack.log import bind
+from devstack.planner import Plan, plan
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class BatchResult:
+    deliveries: int
+    commit: str | None = None
+    attempts: int = 0
+    changed: tuple[str, ...] = ()
+    dead: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+class EntryCache:
+    """Decoded entry files, reused while their bytes are unchanged (a batch only rewrites a few)."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, tuple[bytes, list[Element]]] = {}
+
+    def decode(self, files: Mapping[str, bytes]) -> dict[str, list[Element]]:
+        decoded: dict[str, tuple[bytes, list[Element]]] = {}
+        for feature, data in files.items():
+            cached = self._files.get(feature)
+            if cached is not None and cached[0] == data:
+                decoded[feature] = cached
+                continue
+            try:
+                decoded[feature] = (data, entry_format.decode(feature, data))
+            except InvalidEntry as exc:
+                logger.error("ignoring unreadable entry file: %s", exc)
+        self._files = decoded
+        return {feature: elements for feature, (_, elements) in decoded.items()}
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        journal: Journal,
+        store: GitStore,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._settings = settings
+        self._journal = journal
+        self._store = store
+        self._clock = clock
+        self._cache = EntryCache()
+        self._snapshot: dict[str, list[Element]] = {}
+        self._snapshot_lock = threading.Lock()
+        self.healthy = False
+        self.last_error = ""
+
+    # --- state seen by the API -------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, list[Element]]:
+        with self._snapshot_lock:
+            return dict(self._snapshot)
+
+    def _set_snapshot(self, state: Mapping[str, list[Element]]) -> None:
+        with self._snapshot_lock:
+            self._snapshot = dict(state)
+
+    def start(self) -> None:
+        """Open (or recover) the working clone and load the current entries."""
+        self._store.open()
+        self._set_snapshot(self._cache.decode(self._store.read()))
+        self.healthy = True
+        self.last_error = ""
+
+    # --- one batch ------------------------------------------------------------------------------
+
+    def run_once(self) -> BatchResult | None:
+        batch = self._journal.take_batch(limit=self._settings.worker.batch_size)
+        if not batch:
+            return None
+        with bind(batch=uuid.uuid4().hex[:8]):
+            return self._process(batch)
+
+    def _process(self, batch: Sequence[Delivery]) -> BatchResult:
+        events, broken = self._events(batch)
+        if not events:
+            return BatchResult(deliveries=len(batch), dead=broken)
+        try:
+            planned, result = self._commit(events)
+        except InvalidEntry as exc:
+            if len(events) == 1:
+                return self._dead(events, error=str(exc), broken=broken)
+            logger.warning("batch produced an invalid entry (%s); retrying event by event", exc)
+            results = [self._process([d]) for d in batch if d.seq in events]
+            return BatchResult(
+                deliveries=len(batch),
+                commit=next((r.commit for r in reversed(results) if r.commit), None),
+                attempts=sum(r.attempts for r in results),
+                changed=tuple(sorted({c for r in results for c in r.changed})),
+                dead=broken + [d for r in results for d in r.dead],
+            )
+        except PermanentError as exc:
+            return self._dead(events, error=str(exc), broken=broken)
+        except TemporaryError as exc:
+            self.healthy = False
+            self.last_error = str(exc)
+            dead = self._journal.retry(
+                list(events), error=str(exc), max_attempts=self._settings.worker.max_attempts,
+                backoff_max=self._settings.worker.backoff_max, delay=exc.delay,
+            )
+            logger.warning("git write failed, %d deliveries will be retried: %s", len(events) - len(dead), exc)
+            return BatchResult(deliveries=len(batch), dead=broken + [str(s) for s in dead], error=str(exc))
+        self.healthy = True
+        self.last_error = ""
+        self._set_snapshot(planned.entries)
+        outcomes = {
+            seq: (f"{d.outcome}: {d.reason}" if d.reason else d.outcome)
+            for seq, d in zip(events, planned.decisions, strict=True)
+        }
+        self._journal.complete(
+            outcomes,
+            feedback=[(f.pr.key, f.pr.provider.value, feedback_to_dict(f)) for f in planned.feedback],
+        )
+        for event, decision in zip(events.values(), planned.decisions, strict=True):
+            with bind(delivery=event.delivery_id, provider=event.provider.value, repo=event.repo, pr=event.number):
+                logger.info("%s %s: %s%s", event.action, event.key, decision.outcome,
+                            f" ({decision.reason})" if decision.reason else "")
+        if result.sha:
+            logger.info("pushed %s: %d deliveries, %s changed, %d attempt(s)",
+                        result.sha[:12], len(events), ",".join(result.changed), result.attempts)
+        return BatchResult(
+            deliveries=len(batch), commit=result.sha, attempts=result.attempts, changed=result.changed, dead=broken
+        )
+
+    def _events(self, batch: Sequence[Delivery]) -> tuple[dict[int, PullRequestEvent], list[str]]:
+        events: dict[int, PullRequestEvent] = {}
+        broken: list[str] = []
+        for delivery in batch:
+            try:
+                events[delivery.seq] = PullRequestEvent.from_json(delivery.payload)
+            except (ValueError, KeyError, TypeError) as exc:
+                self._journal.dead_letter(delivery.seq, error=f"unreadable journal payload: {exc}")
+                broken.append(delivery.delivery_id)
+        return events, broken
+
+    def _commit(self, events: Mapping[int, PullRequestEvent]) -> tuple[Plan, CommitResult]:
+        planned: list[Plan] = []
+        ordered = list(events.values())
+
+        def change(files: dict[str, bytes]) -> dict[str, bytes | None]:
+            current = self._cache.decode(files)
+            result = plan(events=ordered, entries=current, catalog=self._settings, now=self._clock())
+            out: dict[str, bytes | None] = {}
+            for feature, elements in result.changed.items():
+                if elements is None:
+                    out[feature] = None
+                else:
+                    entry_format.validate(feature, elements)
+                    out[feature] = entry_format.encode(elements)
+            planned[:] = [result]
+            return out
+
+        result = self._store.apply(change, message=commit_message(ordered))
+        return planned[0], result
+
+    def _dead(self, events: Mapping[int, PullRequestEvent], *, error: str, broken: list[str]) -> BatchResult:
+        for seq, event in events.items():
+            with bind(delivery=event.delivery_id, repo=event.repo, pr=event.number):
+                logger.error("dead letter: %s", error)
+            self._journal.dead_letter(seq, error=error)
+        return BatchResult(deliveries=len(events), dead=broken + [e.delivery_id for e in events.values()], error=error)
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Process batches until ``stop`` is set; (re)open the store until it works."""
+        opened = False
+        failures = 0
+        while not stop.is_set():
+            try:
+                if not opened:
+                    self.start()
+                    opened = True
+                result = self.run_once()
+                failures = 0
+            except TemporaryError as exc:
+                failures += 1
+                self.healthy = False
+                self.last_error = str(exc)
+                logger.warning("git store unavailable: %s", exc)
+                stop.wait(min(self._settings.worker.backoff_max, 2.0 ** min(failures, 8)))
+                continue
+            except Exception:
+                failures += 1
+                logger.exception("worker crashed; continuing")
+                stop.wait(min(self._settings.worker.backoff_max, 2.0 ** min(failures, 8)))
+                continue
+            if result is None:
+                stop.wait(self._settings.worker.poll_interval)
+
+    def drain(self, *, timeout: float = 30.0) -> int:
+        """Process until the journal has nothing due (tests, CLI one-shots); returns batches run."""
+        deadline = time.monotonic() + timeout
+        batches = 0
+        while time.monotonic() < deadline and self.run_once() is not None:
+            batches += 1
+        return batches
+
+
+def commit_message(events: Sequence[PullRequestEvent]) -> str:
+    keys = sorted({f"{e.repo}#{e.number}" for e in events})
+    title = f"devstack: {len(events)} event(s) for {', '.join(keys[:3])}" + (
+        f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+    )
+    trailers = "\n".join(f"Delivery: {e.provider.value} {e.delivery_id} {e.action} {e.key}" for e in events[:50])
+    return f"{title}\n\n{trailers}\n"

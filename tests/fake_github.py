@@ -1,0 +1,205 @@
+"""A small stateful stand-in for the GitHub REST API, served through `responses` callbacks.
+
+It keeps issue comments, deployments and deployment statuses in memory, so end-to-end tests can
+assert on what devstack did (one comment, edited in place) and on every request it sent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import responses
+
+Call = tuple[str, str, Any]  # method, path, JSON body
+
+
+@dataclass
+class FakeGitHub:
+    api_url: str
+    comments: dict[int, dict[str, Any]] = field(default_factory=dict)  # id -> comment (with "issue")
+    deployments: dict[int, dict[str, Any]] = field(default_factory=dict)
+    statuses: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    calls: list[Call] = field(default_factory=list)
+    fail_next: list[tuple[int, dict[str, str]]] = field(default_factory=list)  # (status, headers) to answer
+    _next_id: int = 1000
+
+    def _id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def comments_on(self, repo: str, number: int) -> list[dict[str, Any]]:
+        return [c for c in self.comments.values() if c["issue"] == (repo, number)]
+
+    def count(self, method: str, pattern: str) -> int:
+        return sum(1 for m, path, _ in self.calls if m == method and re.search(pattern, path))
+
+    def install(self, rsps: responses.RequestsMock) -> None:
+        parsed = urlparse(self.api_url.rstrip("/"))
+        # PyGithub writes the default port into its URLs (https://host:443/...)
+        base = re.escape(f"{parsed.scheme}://{parsed.hostname}") + r"(?::\d+)?" + re.escape(parsed.path)
+        rsps.add_callback(responses.GET, re.compile(base + r"/repos/([^/]+/[^/]+)$"), callback=self._repo)
+        rsps.add_callback(responses.GET, re.compile(base + r"/repos/([^/]+/[^/]+)/issues/(\d+)/comments.*"),
+                          callback=self._list_comments)
+        rsps.add_callback(responses.POST, re.compile(base + r"/repos/([^/]+/[^/]+)/issues/(\d+)/comments$"),
+                          callback=self._create_comment)
+        rsps.add_callback(responses.GET, re.compile(base + r"/repos/([^/]+/[^/]+)/issues/comments/(\d+)$"),
+                          callback=self._get_comment)
+        rsps.add_callback(responses.PATCH, re.compile(base + r"/repos/([^/]+/[^/]+)/issues/comments/(\d+)$"),
+                          callback=self._edit_comment)
+        rsps.add_callback(responses.GET, re.compile(base + r"/repos/([^/]+/[^/]+)/issues/(\d+)$"),
+                          callback=self._issue)
+        rsps.add_callback(responses.GET, re.compile(base + r"/repos/([^/]+/[^/]+)/pulls/(\d+)$"),
+                          callback=self._issue)
+        rsps.add_callback(responses.POST, re.compile(base + r"/repos/([^/]+/[^/]+)/deployments$"),
+                          callback=self._create_deployment)
+        rsps.add_callback(responses.GET, re.compile(base + r"/repos/([^/]+/[^/]+)/deployments(\?.*)?$"),
+                          callback=self._list_deployments)
+        rsps.add_callback(responses.GET, re.compile(base + r"/repos/([^/]+/[^/]+)/deployments/(\d+)$"),
+                          callback=self._get_deployment)
+        rsps.add_callback(responses.POST, re.compile(base + r"/repos/([^/]+/[^/]+)/deployments/(\d+)/statuses$"),
+                          callback=self._create_status)
+        rsps.add_callback(responses.GET, re.compile(base + r"/repos/([^/]+/[^/]+)/deployments/(\d+)/statuses.*"),
+                          callback=self._list_statuses)
+        rsps.add_callback(responses.GET, re.compile(base + r"/user$"), callback=self._user)
+
+    # --- plumbing --------------------------------------------------------------------------------
+
+    def _record(self, request: Any) -> tuple[str, Any, tuple[int, dict[str, str], str] | None]:
+        path = urlparse(request.url).path
+        body = json.loads(request.body) if request.body else None
+        self.calls.append((request.method, path + ("?" + urlparse(request.url).query if urlparse(request.url).query
+                                                    else ""), body))
+        if self.fail_next:
+            status, headers = self.fail_next.pop(0)
+            return path, body, (status, {"Content-Type": "application/json", **headers},
+                                json.dumps({"message": "injected failure"}))
+        return path, body, None
+
+    def _groups(self, request: Any, pattern: str) -> tuple[str, ...]:
+        match = re.search(pattern, urlparse(request.url).path)
+        assert match, request.url
+        return match.groups()
+
+    def _json(self, status: int, data: Any) -> tuple[int, dict[str, str], str]:
+        return status, {"Content-Type": "application/json"}, json.dumps(data)
+
+    def _url(self, path: str) -> str:
+        return self.api_url.rstrip("/") + path
+
+    # --- endpoints -------------------------------------------------------------------------------
+
+    def _user(self, request: Any) -> tuple[int, dict[str, str], str]:
+        _, _, failed = self._record(request)
+        return failed or self._json(200, {"login": "devstack-bot", "id": 1, "type": "Bot"})
+
+    def _repo(self, request: Any) -> tuple[int, dict[str, str], str]:
+        _, _, failed = self._record(request)
+        (repo,) = self._groups(request, r"/repos/([^/]+/[^/]+)$")
+        return failed or self._json(200, {"id": 1, "full_name": repo, "name": repo.split("/")[1],
+                                          "url": self._url(f"/repos/{repo}")})
+
+    def _issue(self, request: Any) -> tuple[int, dict[str, str], str]:
+        _, _, failed = self._record(request)
+        repo, number = self._groups(request, r"/repos/([^/]+/[^/]+)/(?:issues|pulls)/(\d+)$")
+        return failed or self._json(200, {"id": int(number), "number": int(number), "state": "open",
+                                          "url": self._url(f"/repos/{repo}/issues/{number}")})
+
+    def _comment_json(self, comment: dict[str, Any]) -> dict[str, Any]:
+        repo, number = comment["issue"]
+        return {"id": comment["id"], "body": comment["body"], "user": {"login": "devstack-bot", "id": 1},
+                "url": self._url(f"/repos/{repo}/issues/comments/{comment['id']}"),
+                "issue_url": self._url(f"/repos/{repo}/issues/{number}")}
+
+    def _list_comments(self, request: Any) -> tuple[int, dict[str, str], str]:
+        _, _, failed = self._record(request)
+        repo, number = self._groups(request, r"/repos/([^/]+/[^/]+)/issues/(\d+)/comments")
+        page = int(parse_qs(urlparse(request.url).query).get("page", ["1"])[0])
+        items = [self._comment_json(c) for c in self.comments_on(repo, int(number))]
+        return failed or self._json(200, items if page == 1 else [])
+
+    def _create_comment(self, request: Any) -> tuple[int, dict[str, str], str]:
+        _, body, failed = self._record(request)
+        if failed:
+            return failed
+        repo, number = self._groups(request, r"/repos/([^/]+/[^/]+)/issues/(\d+)/comments$")
+        comment = {"id": self._id(), "body": body["body"], "issue": (repo, int(number))}
+        self.comments[comment["id"]] = comment
+        return self._json(201, self._comment_json(comment))
+
+    def _get_comment(self, request: Any) -> tuple[int, dict[str, str], str]:
+        _, _, failed = self._record(request)
+        _, cid = self._groups(request, r"/repos/([^/]+/[^/]+)/issues/comments/(\d+)$")
+        if failed:
+            return failed
+        if int(cid) not in self.comments:
+            return self._json(404, {"message": "Not Found"})
+        return self._json(200, self._comment_json(self.comments[int(cid)]))
+
+    def _edit_comment(self, request: Any) -> tuple[int, dict[str, str], str]:
+        _, body, failed = self._record(request)
+        _, cid = self._groups(request, r"/repos/([^/]+/[^/]+)/issues/comments/(\d+)$")
+        if failed:
+            return failed
+        if int(cid) not in self.comments:
+            return self._json(404, {"message": "Not Found"})
+        self.comments[int(cid)]["body"] = body["body"]
+        return self._json(200, self._comment_json(self.comments[int(cid)]))
+
+    def _deployment_json(self, repo: str, deployment: dict[str, Any]) -> dict[str, Any]:
+        return {**deployment, "url": self._url(f"/repos/{repo}/deployments/{deployment['id']}"),
+                "statuses_url": self._url(f"/repos/{repo}/deployments/{deployment['id']}/statuses")}
+
+    def _create_deployment(self, request: Any) -> tuple[int, dict[str, str], str]:
+        _, body, failed = self._record(request)
+        if failed:
+            return failed
+        (repo,) = self._groups(request, r"/repos/([^/]+/[^/]+)/deployments$")
+        deployment = {"id": self._id(), "repo": repo, "sha": body.get("ref"), **body}
+        self.deployments[deployment["id"]] = deployment
+        self.statuses[deployment["id"]] = []
+        return self._json(201, self._deployment_json(repo, deployment))
+
+    def _list_deployments(self, request: Any) -> tuple[int, dict[str, str], str]:
+        _, _, failed = self._record(request)
+        (repo,) = self._groups(request, r"/repos/([^/]+/[^/]+)/deployments")
+        query = parse_qs(urlparse(request.url).query)
+        page = int(query.get("page", ["1"])[0])
+        items = [self._deployment_json(repo, d) for d in self.deployments.values()
+                 if d["repo"] == repo and d.get("environment") == query.get("environment", [None])[0]]
+        return failed or self._json(200, sorted(items, key=lambda d: -d["id"]) if page == 1 else [])
+
+    def _get_deployment(self, request: Any) -> tuple[int, dict[str, str], str]:
+        _, _, failed = self._record(request)
+        repo, did = self._groups(request, r"/repos/([^/]+/[^/]+)/deployments/(\d+)$")
+        return failed or self._json(200, self._deployment_json(repo, self.deployments[int(did)]))
+
+    def _create_status(self, request: Any) -> tuple[int, dict[str, str], str]:
+        _, body, failed = self._record(request)
+        if failed:
+            return failed
+        _, did = self._groups(request, r"/repos/([^/]+/[^/]+)/deployments/(\d+)/statuses$")
+        status = {"id": self._id(), **body}
+        self.statuses[int(did)].append(status)
+        return self._json(201, status)
+
+    def _list_statuses(self, request: Any) -> tuple[int, dict[str, str], str]:
+        _, _, failed = self._record(request)
+        _, did = self._groups(request, r"/repos/([^/]+/[^/]+)/deployments/(\d+)/statuses")
+        page = int(parse_qs(urlparse(request.url).query).get("page", ["1"])[0])
+        items = list(reversed(self.statuses.get(int(did), [])))
+        return failed or self._json(200, items if page == 1 else [])
+
+
+@contextmanager
+def fake_github(api_url: str) -> Iterator[FakeGitHub]:
+    fake = FakeGitHub(api_url=api_url)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.add_passthru("http://127.0.0.1")
+        fake.install(rsps)
+        yield fake

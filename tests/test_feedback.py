@@ -1,0 +1,70 @@
+"""The sticky comment, against golden files (tests/golden/*.md). Regenerate with
+``DEVSTACK_UPDATE_GOLDEN=1 pytest tests/test_feedback.py`` and review the diff."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from devstack.events import Provider, PullRequestRef
+from devstack.feedback import MARKER, feedback_from_dict, feedback_to_dict, render_comment
+from devstack.planner import Feedback, ServiceLink
+
+GOLDEN = Path(__file__).parent / "golden"
+PR = PullRequestRef(provider=Provider.GITHUB, repo="acme/payments", number=42)
+
+CASES = {
+    "comment-active": Feedback(
+        pr=PR, pr_url="https://github.com/acme/payments/pull/42", status="active", feature="login-fix",
+        sha="0123456789abcdef0123456789abcdef01234567", header="x-devstack-feature",
+        expires_at="2026-11-23T10:00:00Z",
+        services=(
+            ServiceLink(service="ledger", url="https://login-fix--ledger.preview.example.com",
+                        image="ghcr.io/acme/ledger:" + "f" * 40, source="github:acme/ledger#7"),
+            ServiceLink(service="payments-api", url="https://login-fix--payments-api.preview.example.com",
+                        image="ghcr.io/acme/payments-api:0123456789abcdef0123456789abcdef01234567",
+                        source="github:acme/payments#42"),
+        ),
+    ),
+    "comment-active-forever": Feedback(
+        pr=PR, pr_url="https://github.com/acme/payments/pull/42", status="active", feature="login-fix",
+        sha="0123456789abcdef0123456789abcdef01234567", header="x-devstack-feature", expires_at="never",
+        services=(ServiceLink(service="payments-api", url="https://login-fix--payments-api.preview.example.com",
+                              image="ghcr.io/acme/payments-api:pr-42", source="github:acme/payments#42"),),
+    ),
+    "comment-removed-merged": Feedback(
+        pr=PR, pr_url="https://github.com/acme/payments/pull/42", status="removed", feature="login-fix",
+        sha="0" * 40, reason="merged",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_comment_matches_golden_file(name: str) -> None:
+    body = render_comment(CASES[name])
+    path = GOLDEN / f"{name}.md"
+    if os.environ.get("DEVSTACK_UPDATE_GOLDEN"):
+        path.write_text(body)
+    assert body == path.read_text(), f"{name} differs from {path}; regenerate and review if intended"
+
+
+def test_comment_starts_with_the_marker_and_lists_every_url() -> None:
+    body = render_comment(CASES["comment-active"])
+    assert body.startswith(MARKER + "\n")
+    for link in CASES["comment-active"].services:
+        assert link.url in body
+    assert "x-devstack-feature: login-fix" in body
+    assert "2026-11-23 10:00:00 UTC" in body
+    assert "`0123456789ab`" in body
+
+
+def test_feedback_round_trips_through_the_outbox_format() -> None:
+    for feedback in CASES.values():
+        assert feedback_from_dict(feedback_to_dict(feedback)) == feedback
+
+
+def test_feature_text_cannot_break_out_of_code_spans() -> None:
+    feedback = Feedback(pr=PR, pr_url="", status="removed", feature="a`b", sha="", reason="closed")
+    assert "`ab`" in render_comment(feedback)
