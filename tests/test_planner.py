@@ -11,6 +11,7 @@ import pytest
 
 from devstack import entries
 from devstack.catalog import Settings
+from devstack.errors import InvalidEntry
 from devstack.events import Provider, PullRequestEvent, PullRequestState
 from devstack.planner import Plan, plan
 
@@ -19,11 +20,12 @@ SHA1, SHA2 = "1" * 40, "2" * 40
 
 
 def event(**kw: Any) -> PullRequestEvent:
-    base: dict[str, Any] = dict(
-        delivery_id="d1", provider=Provider.GITHUB, action="opened", repo="acme/payments", number=42,
-        url="https://github.com/acme/payments/pull/42", title="Fix login", author="octocat", head_sha=SHA1,
-        head_branch="login-fix", base_branch="main", state=PullRequestState.OPEN, received_at=T0,
-    )
+    base: dict[str, Any] = {
+        "delivery_id": "d1", "provider": Provider.GITHUB, "action": "opened", "repo": "acme/payments",
+        "number": 42, "url": "https://github.com/acme/payments/pull/42", "title": "Fix login", "author": "octocat",
+        "head_sha": SHA1, "head_branch": "login-fix", "base_branch": "main", "state": PullRequestState.OPEN,
+        "received_at": T0,
+    }
     base.update(kw)
     return PullRequestEvent(**base)
 
@@ -186,3 +188,22 @@ def test_tag_template(make_settings: Callable[..., Settings]) -> None:
     services["payments-api"]["tag"] = "pr-{number}-{short_sha}"
     result = run(make_settings(services=services), event())
     assert result.entries["login-fix"][0]["values"]["image"]["tag"] == "pr-42-1111111"
+
+
+def test_exactly_one_element_owns_the_namespace(settings: Settings) -> None:
+    """The owner (values.namespaceOwner) is the element expiring last; argocd/ renders the namespace from it."""
+    payments = event(labels=("devstack/ttl:1h",))
+    ledger = event(repo="acme/ledger", number=9, url="https://github.com/acme/ledger/pull/9", delivery_id="d9")
+    both = run(settings, payments, ledger)
+    owners = {e["service"]: e["values"].get("namespaceOwner") for e in both.entries["login-fix"]}
+    assert owners == {"ledger": "true", "payments-api": None}  # ledger expires in 72h, payments in 1h
+    closed = run(settings, replace(ledger, action="closed", state=PullRequestState.CLOSED), state=both.entries)
+    [left] = closed.entries["login-fix"]
+    assert left["service"] == "payments-api" and left["values"]["namespaceOwner"] == "true"
+
+
+def test_a_file_without_a_namespace_owner_is_invalid(settings: Settings) -> None:
+    [element] = run(settings, event()).entries["login-fix"]
+    del element["values"]["namespaceOwner"]
+    with pytest.raises(InvalidEntry, match="namespace"):
+        entries.validate("login-fix", [element])

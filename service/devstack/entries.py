@@ -59,6 +59,12 @@ def validate(feature: str, elements: list[Element]) -> None:
         if problems:
             raise InvalidEntry(f"{entry_filename(feature)}: {index}: {'; '.join(problems)}")
         services.add(service)
+    owners = [e["service"] for e in elements if e["values"].get("namespaceOwner") == "true"]
+    if len(owners) != 1:
+        raise InvalidEntry(
+            f"{entry_filename(feature)}: exactly one element must own the namespace (values.namespaceOwner), "
+            f"found {len(owners)}"
+        )
 
 
 def encode(elements: list[Element]) -> bytes:

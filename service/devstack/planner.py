@@ -19,7 +19,7 @@ from devstack import naming
 from devstack.catalog import Settings
 from devstack.durations import InvalidDuration, parse_duration
 from devstack.entries import Element
-from devstack.events import PullRequestEvent, PullRequestRef, PullRequestState, Provider
+from devstack.events import Provider, PullRequestEvent, PullRequestRef, PullRequestState
 
 NEVER = "never"
 
@@ -96,7 +96,7 @@ def plan(
         )
         latest[event.key] = event
         why_not[event.key] = reason or ""
-    state = {feature: elements for feature, elements in state.items() if elements}
+    state = {feature: _with_namespace_owner(elements) for feature, elements in state.items() if elements}
     changed: dict[str, list[Element] | None] = {}
     for feature in sorted(set(before) | set(state)):
         old, new = before.get(feature), state.get(feature)
@@ -128,6 +128,24 @@ def _apply(state: dict[str, list[Element]], event: PullRequestEvent, catalog: Se
             elements.remove(existing)
         elements.append(element)
     return None
+
+
+def _with_namespace_owner(elements: list[Element]) -> list[Element]:
+    """Mark exactly one element ``values.namespaceOwner: "true"``: the one whose Application owns the
+    preview namespace (argocd/applicationset-namespaces.yaml renders it from that element).
+
+    The owner is the element with the latest expiry (``never`` is the latest; ties: the first service
+    by name), so the namespace's own expiry covers the whole stack.
+    """
+    ordered = sorted(elements, key=lambda e: str(e["service"]))
+    owner = max(ordered, key=lambda e: "9999" if e["expiresAt"] == NEVER else str(e["expiresAt"]))
+    result = []
+    for element in ordered:
+        values = {k: v for k, v in element["values"].items() if k != "namespaceOwner"}
+        if element is owner:
+            values["namespaceOwner"] = "true"
+        result.append({**element, "values": values})
+    return result
 
 
 def _withdraw(state: dict[str, list[Element]], key: str) -> None:
@@ -295,7 +313,9 @@ def _feedback(
     return result
 
 
-def _pr_identity(key: str, elements: Sequence[Element], event: PullRequestEvent | None) -> tuple[PullRequestRef, str, str]:
+def _pr_identity(
+    key: str, elements: Sequence[Element], event: PullRequestEvent | None
+) -> tuple[PullRequestRef, str, str]:
     if event is not None:
         return event.ref, event.url, event.head_sha
     element = next(e for e in elements if _source_key(e) == key or key in e["requestedBy"])
