@@ -90,6 +90,7 @@ def test_embedded_defaults_need_no_file() -> None:
         ("services: {api: {repo: a/b, image: x, port: 70000}}", "services.api.port", "65535"),
         ("services: {api: {repo: a/b, image: x, depends_on: [db]}}", "services", "not in services"),
         ("services: {api: {repo: a/b, image: x, tag: '{nope}'}}", "services.api.tag", "{sha}"),
+        ("services: {api: {repo: a/b, image: GHCR.io/Acme}}", "services.api.image", "lowercase"),
         ("- a list", "", "mapping"),
         ("key: [unclosed", "", "YAML"),
     ],
