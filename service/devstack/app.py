@@ -24,7 +24,7 @@ from devstack.errors import BadPayload, PayloadTooLarge, Unauthorized, WebhookEr
 from devstack.journal import Delivery
 from devstack.log import bind
 from devstack.planner import NEVER
-from devstack.providers import github
+from devstack.providers import Ignored, WebhookProvider, github
 from devstack.runtime import Runtime, webhook_secrets
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = runtime_factory(settings)
         app.state.runtime = runtime
-        app.state.github_secrets = webhook_secrets(settings, "github")
+        app.state.webhook_secrets = {p.name: webhook_secrets(settings, p.name) for p in webhook_providers()}
         if run_workers:
             runtime.start()
         try:
@@ -60,55 +60,17 @@ def create_app(
         logger.warning("webhook refused (%d): %s", status, exc)
         return JSONResponse({"error": str(exc)}, status_code=status)
 
-    @app.post("/webhooks/github", status_code=202)
-    async def github_webhook(request: Request) -> JSONResponse:
-        runtime: Runtime = request.app.state.runtime
-        body = await _read_body(request, limit=settings.security.max_body_bytes)
-        github.verify_signature(
-            body=body, signature=request.headers.get(github.SIGNATURE_HEADER),
-            secrets=request.app.state.github_secrets,
+    def webhook_route(provider: WebhookProvider) -> None:
+        async def receive(request: Request) -> JSONResponse:
+            return await _receive(request, provider=provider, settings=settings)
+
+        app.add_api_route(
+            f"/webhooks/{provider.name}", receive, methods=["POST"], status_code=202,
+            summary=f"Receive a {provider.name} webhook delivery",
         )
-        event_name = request.headers.get("X-GitHub-Event", "").strip()
-        delivery_id = request.headers.get("X-GitHub-Delivery", "").strip()
-        if not event_name:
-            raise BadPayload("missing X-GitHub-Event header")
-        if not delivery_id or len(delivery_id) > 200:
-            raise BadPayload("missing or invalid X-GitHub-Delivery header")
-        with bind(delivery=delivery_id, provider="github"):
-            if event_name == "ping":
-                return JSONResponse({"status": "pong", "delivery": delivery_id}, status_code=200)
-            payload = _json(body, content_type=request.headers.get("content-type", ""))
-            result = github.parse_delivery(
-                event=event_name, delivery_id=delivery_id, payload=payload, received_at=datetime.now(UTC)
-            )
-            if isinstance(result, github.Ignored):
-                await run_in_threadpool(
-                    runtime.journal.record, delivery_id=delivery_id, provider="github", event=event_name,
-                    ignored=result.reason,
-                )
-                logger.info("ignored %s: %s", event_name, result.reason)
-                return JSONResponse({"status": "ignored", "reason": result.reason, "delivery": delivery_id},
-                                    status_code=200)
-            with bind(repo=result.repo, pr=result.number):
-                if not settings.repo_allowed(result.repo):
-                    await run_in_threadpool(
-                        runtime.journal.record, delivery_id=delivery_id, provider="github", event=event_name,
-                        pr=result.key, ignored="repository not allowed",
-                    )
-                    logger.warning("ignored: repository %s is not in security.repos", result.repo)
-                    return JSONResponse(
-                        {"status": "ignored", "reason": "repository not allowed", "delivery": delivery_id},
-                        status_code=200,
-                    )
-                new = await run_in_threadpool(
-                    runtime.journal.record, delivery_id=delivery_id, provider="github", event=event_name,
-                    pr=result.key, payload=result.to_json(),
-                )
-                if not new:
-                    logger.info("duplicate delivery; already recorded")
-                    return JSONResponse({"status": "duplicate", "delivery": delivery_id}, status_code=200)
-                logger.info("queued %s %s", event_name, result.action)
-                return JSONResponse({"status": "queued", "delivery": delivery_id}, status_code=202)
+
+    for provider in webhook_providers():
+        webhook_route(provider)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -155,6 +117,50 @@ def create_app(
         ]
 
     return app
+
+
+def webhook_providers() -> list[WebhookProvider]:
+    return [github.GitHubWebhook()]
+
+
+async def _receive(request: Request, *, provider: WebhookProvider, settings: Settings) -> JSONResponse:
+    """One delivery: cap the body, verify it, identify it, parse it, journal it, answer."""
+    runtime: Runtime = request.app.state.runtime
+    journal = runtime.journal
+    body = await _read_body(request, limit=settings.security.max_body_bytes)
+    provider.verify(headers=request.headers, body=body, secrets=request.app.state.webhook_secrets[provider.name])
+    event_name, delivery_id = provider.identify(headers=request.headers, body=body)
+    with bind(delivery=delivery_id, provider=provider.name):
+        if provider.is_ping(event_name):
+            return JSONResponse({"status": "pong", "delivery": delivery_id}, status_code=200)
+        payload = _json(body, content_type=request.headers.get("content-type", ""))
+        result = provider.parse(
+            event=event_name, delivery_id=delivery_id, payload=payload, received_at=datetime.now(UTC)
+        )
+        if isinstance(result, Ignored):
+            await run_in_threadpool(
+                journal.record, delivery_id=delivery_id, provider=provider.name, event=event_name,
+                ignored=result.reason,
+            )
+            logger.info("ignored %s: %s", event_name, result.reason)
+            return JSONResponse({"status": "ignored", "reason": result.reason, "delivery": delivery_id})
+        with bind(repo=result.repo, pr=result.number):
+            if not settings.repo_allowed(result.repo):
+                await run_in_threadpool(
+                    journal.record, delivery_id=delivery_id, provider=provider.name, event=event_name,
+                    pr=result.key, ignored="repository not allowed",
+                )
+                logger.warning("ignored: repository %s is not in security.repos", result.repo)
+                return JSONResponse({"status": "ignored", "reason": "repository not allowed", "delivery": delivery_id})
+            new = await run_in_threadpool(
+                journal.record, delivery_id=delivery_id, provider=provider.name, event=event_name, pr=result.key,
+                payload=result.to_json(),
+            )
+            if not new:
+                logger.info("duplicate delivery; already recorded")
+                return JSONResponse({"status": "duplicate", "delivery": delivery_id})
+            logger.info("queued %s %s", event_name, result.action)
+            return JSONResponse({"status": "queued", "delivery": delivery_id}, status_code=202)
 
 
 async def _read_body(request: Request, *, limit: int) -> bytes:

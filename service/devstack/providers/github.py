@@ -15,7 +15,6 @@ import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,9 @@ from github.Requester import Requester
 
 from devstack.errors import BadPayload, ConfigError, ProviderError, ProviderRejected, Unauthorized
 from devstack.events import Provider, PullRequestEvent, PullRequestState
+from devstack.providers import Ignored
+
+__all__ = ["GitHubClient", "GitHubWebhook", "Ignored", "parse_delivery", "verify_signature"]
 
 if TYPE_CHECKING:
     from github.Issue import Issue
@@ -93,13 +95,6 @@ def verify_signature(*, body: bytes, signature: str | None, secrets: Sequence[Se
         matched |= hmac.compare_digest(expected, given)
     if not matched:
         raise Unauthorized(f"{SIGNATURE_HEADER} does not match the body for any configured secret")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Ignored:
-    """A verified delivery devstack has nothing to do with (answer 2xx, record nothing)."""
-
-    reason: str
 
 
 def parse_delivery(
@@ -257,6 +252,32 @@ def _labels(pr: Mapping[str, object]) -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------------------------------------ API
+
+
+class GitHubWebhook:
+    """The GitHub side of the webhook route (``POST /webhooks/github``)."""
+
+    name = "github"
+
+    def verify(self, *, headers: Mapping[str, str], body: bytes, secrets: Sequence[SecretStr]) -> None:
+        verify_signature(body=body, signature=headers.get(SIGNATURE_HEADER), secrets=secrets)
+
+    def identify(self, *, headers: Mapping[str, str], body: bytes) -> tuple[str, str]:
+        event = headers.get(EVENT_HEADER, "").strip()
+        delivery = headers.get(DELIVERY_HEADER, "").strip()
+        if not event:
+            raise BadPayload(f"missing {EVENT_HEADER} header")
+        if not delivery or len(delivery) > 200:
+            raise BadPayload(f"missing or invalid {DELIVERY_HEADER} header")
+        return event, delivery
+
+    def is_ping(self, event: str) -> bool:
+        return event == "ping"
+
+    def parse(
+        self, *, event: str, delivery_id: str, payload: object, received_at: datetime
+    ) -> PullRequestEvent | Ignored:
+        return parse_delivery(event=event, delivery_id=delivery_id, payload=payload, received_at=received_at)
 
 
 _INACTIVE_STATES = frozenset({"inactive", "error", "failure"})
