@@ -71,19 +71,88 @@ class PullRequestEvent:
     def key(self) -> str:
         return self.ref.key
 
-    def to_json(self) -> str:
+    def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
+        data["kind"] = "pull_request"
         data["provider"] = self.provider.value
         data["state"] = self.state.value
         data["labels"] = list(self.labels)
         data["received_at"] = self.received_at.isoformat()
-        return json.dumps(data, sort_keys=True)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> PullRequestEvent:
-        data: dict[str, Any] = json.loads(text)
+    def from_dict(cls, data: dict[str, Any]) -> PullRequestEvent:
+        data = {k: v for k, v in data.items() if k != "kind"}
         data["provider"] = Provider(data["provider"])
         data["state"] = PullRequestState(data["state"])
         data["labels"] = tuple(data.get("labels", ()))
         data["received_at"] = datetime.fromisoformat(data["received_at"])
         return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> PullRequestEvent:
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommentEvent:
+    """A comment on a pull/merge request (GitHub ``issue_comment`` on a PR, GitLab ``Note Hook`` on an MR).
+
+    Whether it is a command, and whether its author may give it, is decided later (a pure parser, then
+    a permission check through the provider API); a provider only translates.
+    """
+
+    delivery_id: str
+    provider: Provider
+    action: str  # "created" | "edited" | "deleted" (GitLab notes: "create" -> "created", "update" -> "edited")
+    repo: str
+    number: int  # PR number / MR iid
+    url: str  # the PR / MR page
+    comment_id: int
+    author: str
+    author_is_bot: bool
+    body: str
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    pull_request: PullRequestEvent | None = None  # the PR's state when the payload carries it (GitLab does)
+
+    @property
+    def ref(self) -> PullRequestRef:
+        return PullRequestRef(provider=self.provider, repo=self.repo, number=self.number)
+
+    @property
+    def key(self) -> str:
+        return self.ref.key
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["kind"] = "comment"
+        data["provider"] = self.provider.value
+        data["received_at"] = self.received_at.isoformat()
+        data["pull_request"] = self.pull_request.to_dict() if self.pull_request else None
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CommentEvent:
+        data = {k: v for k, v in data.items() if k != "kind"}
+        data["provider"] = Provider(data["provider"])
+        data["received_at"] = datetime.fromisoformat(data["received_at"])
+        pr = data.get("pull_request")
+        data["pull_request"] = PullRequestEvent.from_dict(pr) if pr else None
+        return cls(**data)
+
+
+Event = PullRequestEvent | CommentEvent
+
+
+def event_from_json(text: str) -> Event:
+    """Read back what the journal stored for a delivery (a pull request or a comment event)."""
+    data: dict[str, Any] = json.loads(text)
+    if data.get("kind") == "comment":
+        return CommentEvent.from_dict(data)
+    return PullRequestEvent.from_dict(data)
