@@ -98,7 +98,8 @@ def test_the_readme_flow_on_embedded_defaults(tmp_path: Path, processes: list[Se
     payload = json.loads(fixture.read_text())
     sha = payload["pull_request"]["head"]["sha"]
     files = remote_files(str(tmp_path / ".devstack" / "gitops.git"))
-    assert files["login-fix"][0]["values"]["image"]["tag"] == sha
+    tags = {e["service"]: e["values"]["image"]["tag"] for e in files["login-fix"]}
+    assert tags == {"payments-api": sha, "ledger": "main"}  # ledger from the PR's devstack/with:ledger label
     previews = run("previews", "--url", server.url, cwd=tmp_path)
     assert "https://login-fix--payments-api.preview.localhost" in previews.stdout
     assert "https://github.com/acme/payments/pull/42" in previews.stdout

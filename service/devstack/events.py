@@ -147,12 +147,54 @@ class CommentEvent:
         return cls(**data)
 
 
-Event = PullRequestEvent | CommentEvent
+@dataclass(frozen=True, kw_only=True)
+class Command:
+    """A change asked for by a person or by devstack itself rather than by a PR's state: the CLI
+    (``up``, ``down``, ``set``, ``restart``), comment commands (``extend``, ``ttl``, ``redeploy``) and the
+    reaper (``expire``). It names its target by feature or by PR key."""
+
+    delivery_id: str
+    op: str  # up | down | set | restart | redeploy | extend | ttl | expire
+    feature: str | None = None
+    pr: str | None = None
+    services: tuple[tuple[str, str], ...] = ()  # (service, pinned tag or "")
+    args: tuple[tuple[str, str], ...] = ()  # e.g. ("ttl", "3d"), ("env.LOG_LEVEL", "debug"), ("expiresAt", ...)
+    actor: str = ""
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def key(self) -> str:
+        return self.pr or f"feature:{self.feature}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "command", "delivery_id": self.delivery_id, "op": self.op, "feature": self.feature,
+            "pr": self.pr, "services": [list(s) for s in self.services], "args": [list(a) for a in self.args],
+            "actor": self.actor, "received_at": self.received_at.isoformat(),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Command:
+        return cls(
+            delivery_id=data["delivery_id"], op=data["op"], feature=data.get("feature"), pr=data.get("pr"),
+            services=tuple((str(a), str(b)) for a, b in data.get("services", ())),
+            args=tuple((str(a), str(b)) for a, b in data.get("args", ())),
+            actor=data.get("actor", ""), received_at=datetime.fromisoformat(data["received_at"]),
+        )
+
+
+Event = PullRequestEvent | CommentEvent | Command
 
 
 def event_from_json(text: str) -> Event:
-    """Read back what the journal stored for a delivery (a pull request or a comment event)."""
+    """Read back what the journal stored for a delivery (a pull request, a comment or a command)."""
     data: dict[str, Any] = json.loads(text)
-    if data.get("kind") == "comment":
+    kind = data.get("kind")
+    if kind == "comment":
         return CommentEvent.from_dict(data)
+    if kind == "command":
+        return Command.from_dict(data)
     return PullRequestEvent.from_dict(data)

@@ -50,6 +50,8 @@ def feedback_from_dict(data: dict[str, Any]) -> Feedback:
         header=data.get("header", ""),
         expires_at=data.get("expires_at", NEVER),
         reason=data.get("reason", ""),
+        notes=tuple(data.get("notes", ())),
+        warning=data.get("warning", ""),
     )
 
 
@@ -65,6 +67,8 @@ _REASONS = {
     "expired": "it expired",
     "no preview label": "the preview label was removed",
     "fork": "forks are not deployed",
+    "down": "it was taken down from the CLI",
+    "repository not allowed": "this repository is not allowed",
 }
 
 
@@ -75,6 +79,7 @@ def render_comment(feedback: Feedback) -> str:
             marker=MARKER,
             feature=_code(feedback.feature),
             reason=_REASONS.get(feedback.reason, feedback.reason or "it was removed"),
+            notes=_notes(feedback),
         ).rstrip("\n") + "\n"
     rows = "\n".join(
         f"| `{link.service}` | {link.url} | `{_short_image(link.image)}` | {_from(link, feedback)} |"
@@ -88,7 +93,16 @@ def render_comment(feedback: Feedback) -> str:
         feature_plain=feedback.feature,
         sha=_code(feedback.sha[:12] or "-"),
         expires="never" if feedback.expires_at == NEVER else feedback.expires_at.replace("T", " ").replace("Z", " UTC"),
+        notes=_notes(feedback),
     ).rstrip("\n") + "\n"
+
+
+def _notes(feedback: Feedback) -> str:
+    lines = []
+    if feedback.warning:
+        lines.append(f"> :hourglass: {feedback.warning}")
+    lines.extend(f"> :warning: {note}" for note in feedback.notes)
+    return ("\n" + "\n>\n".join(lines) + "\n") if lines else ""
 
 
 def _code(text: str) -> str:
@@ -101,6 +115,8 @@ def _short_image(image: str) -> str:
 
 
 def _from(link: ServiceLink, feedback: Feedback) -> str:
+    if not link.source:
+        return "base"
     return "this PR" if link.source == feedback.pr.key else link.source.split(":", 1)[-1]
 
 

@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     pr TEXT NOT NULL DEFAULT '',
     payload TEXT NOT NULL DEFAULT '',
     status TEXT NOT NULL,             -- pending | done | ignored | dead
+    queue TEXT NOT NULL DEFAULT 'git',-- git: planned and pushed by the worker; comments: the command runner
     outcome TEXT NOT NULL DEFAULT '', -- what the planner did, or why it was ignored
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL DEFAULT 0,
@@ -47,7 +48,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     received_at REAL NOT NULL,
     finished_at REAL
 );
-CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (status, next_attempt_at, seq);
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (status, queue, seq);
 CREATE TABLE IF NOT EXISTS outbox (
     pr TEXT PRIMARY KEY,
     provider TEXT NOT NULL,
@@ -61,6 +62,16 @@ CREATE TABLE IF NOT EXISTS outbox (
     sent_body TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (status, next_attempt_at);
+CREATE TABLE IF NOT EXISTS approvals (
+    pr TEXT PRIMARY KEY,              -- a fork PR a writer approved with /devstack approve
+    sha TEXT NOT NULL,                -- ... for exactly this head sha
+    approver TEXT NOT NULL,
+    approved_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS warnings (
+    feature TEXT PRIMARY KEY,         -- the reaper warned this stack's PRs ...
+    expires_at TEXT NOT NULL          -- ... about this expiry
+);
 CREATE TABLE IF NOT EXISTS sticky (
     pr TEXT PRIMARY KEY,
     comment_id INTEGER,
@@ -116,6 +127,9 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=30000")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(deliveries)")}
+        if columns and "queue" not in columns:  # a journal written before comment commands existed
+            self._db.execute("ALTER TABLE deliveries ADD COLUMN queue TEXT NOT NULL DEFAULT 'git'")
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -140,22 +154,24 @@ class Journal:
     # --- deliveries ------------------------------------------------------------------------------
 
     def record(
-        self, *, delivery_id: str, provider: str, event: str, pr: str = "", payload: str = "", ignored: str = ""
+        self, *, delivery_id: str, provider: str, event: str, pr: str = "", payload: str = "", ignored: str = "",
+        queue: str = "git",
     ) -> bool:
         """Store a delivery durably; False when this delivery id was seen before (nothing changes).
 
         ``ignored``: a reason; the delivery is kept for the record but never processed.
+        ``queue``: ``git`` (the worker) or ``comments`` (the command runner).
         """
         status = "ignored" if ignored else "pending"
         with self._tx() as db:
             cursor = db.execute(
-                "INSERT OR IGNORE INTO deliveries (delivery_id, provider, event, pr, payload, status, outcome,"
-                " received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (delivery_id, provider, event, pr, payload, status, ignored, self._clock()),
+                "INSERT OR IGNORE INTO deliveries (delivery_id, provider, event, pr, payload, status, queue, outcome,"
+                " received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (delivery_id, provider, event, pr, payload, status, queue, ignored, self._clock()),
             )
             return cursor.rowcount == 1
 
-    def take_batch(self, *, limit: int) -> list[Delivery]:
+    def take_batch(self, *, limit: int, queue: str = "git") -> list[Delivery]:
         """The oldest pending deliveries, in arrival order (they stay pending until completed).
 
         Strictly first in, first out: while the oldest pending delivery waits for its retry, nothing
@@ -164,7 +180,9 @@ class Journal:
         git failures, which stop every delivery anyway; an entry that cannot be valid is
         dead-lettered at once instead of retried, so it never blocks the queue.
         """
-        rows = self._query("SELECT * FROM deliveries WHERE status = 'pending' ORDER BY seq LIMIT ?", (limit,))
+        rows = self._query(
+            "SELECT * FROM deliveries WHERE status = 'pending' AND queue = ? ORDER BY seq LIMIT ?", (queue, limit)
+        )
         if not rows or rows[0]["next_attempt_at"] > self._clock():
             return []
         return [_delivery(row) for row in rows]
@@ -264,6 +282,32 @@ class Journal:
     def get(self, delivery_id: str) -> Delivery | None:
         rows = self._query("SELECT * FROM deliveries WHERE delivery_id = ?", (delivery_id,))
         return _delivery(rows[0]) if rows else None
+
+    # --- fork approvals and expiry warnings ------------------------------------------------------
+
+    def approve(self, *, pr: str, sha: str, approver: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO approvals (pr, sha, approver, approved_at) VALUES (?, ?, ?, ?) ON CONFLICT (pr) DO"
+                " UPDATE SET sha = excluded.sha, approver = excluded.approver, approved_at = excluded.approved_at",
+                (pr, sha, approver, self._clock()),
+            )
+
+    def approvals(self) -> dict[str, str]:
+        """PR key -> the head sha a writer approved (valid for that sha only)."""
+        return {row["pr"]: row["sha"] for row in self._query("SELECT pr, sha FROM approvals")}
+
+    def warned(self, feature: str) -> str | None:
+        rows = self._query("SELECT expires_at FROM warnings WHERE feature = ?", (feature,))
+        return str(rows[0]["expires_at"]) if rows else None
+
+    def mark_warned(self, feature: str, expires_at: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO warnings (feature, expires_at) VALUES (?, ?) ON CONFLICT (feature) DO UPDATE"
+                " SET expires_at = excluded.expires_at",
+                (feature, expires_at),
+            )
 
     # --- feedback outbox -------------------------------------------------------------------------
 

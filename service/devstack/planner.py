@@ -7,6 +7,20 @@ The planner is state based. Each :class:`PullRequestEvent` carries the PR's whol
 it means: take back everything this PR asked for, then ask again for what its state wants now. So
 opened / synchronize / labeled / edited / ready_for_review are one code path, and close, merge and
 converting to draft are the same path wanting nothing.
+
+A **stack** is one entry file: every service of one feature. A PR asks for
+
+* its own services (the catalog services built from its repository), at its head sha;
+* the services of its ``devstack/with:<service>`` labels and their ``depends_on`` closure, at the
+  head of an open PR of that service's repository in the same feature when there is one, else at
+  the service's ``base_tag``.
+
+``requestedBy`` records who asks for each element: a service goes when nobody asks for it any more,
+and a PR-built service whose PR closes falls back to its base tag while others still ask for it.
+
+The stack shares one expiry. Activity of any of its PRs moves it forward (``received_at`` + the PR's
+TTL, never backwards), an explicit ``devstack/ttl:<duration>`` label sets it, resync never moves it.
+:class:`~devstack.events.Command` events carry what the CLI, comment commands and the reaper ask for.
 """
 
 from __future__ import annotations
@@ -17,11 +31,14 @@ from datetime import datetime, timedelta
 
 from devstack import naming
 from devstack.catalog import Settings
-from devstack.durations import InvalidDuration, parse_duration
+from devstack.durations import InvalidDuration, format_duration, parse_duration
 from devstack.entries import Element
-from devstack.events import Provider, PullRequestEvent, PullRequestRef, PullRequestState
+from devstack.events import Command, Provider, PullRequestEvent, PullRequestRef, PullRequestState
 
 NEVER = "never"
+CLI_REQUESTER = "cli:up"
+
+PlannerEvent = PullRequestEvent | Command
 
 
 def format_time(moment: datetime) -> str:
@@ -35,7 +52,7 @@ class ServiceLink:
     service: str
     url: str
     image: str
-    source: str  # the PR key that builds this service
+    source: str  # the PR key that builds this service, or "" for a base / pinned build
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +68,8 @@ class Feedback:
     header: str = ""
     expires_at: str = NEVER
     reason: str = ""  # why a preview was removed or not created
+    notes: tuple[str, ...] = ()  # things the PR author should know (unknown services, refused TTLs)
+    warning: str = ""  # set by the reaper shortly before expiry
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,95 +90,137 @@ class Plan:
     decisions: list[Decision] = field(default_factory=list)
 
 
+@dataclass(kw_only=True)
+class _Batch:
+    """What applying a batch learns besides the entries: per PR, its last event, notes, reasons."""
+
+    latest: dict[str, PullRequestEvent] = field(default_factory=dict)
+    why_not: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, list[str]] = field(default_factory=dict)
+    touched: set[str] = field(default_factory=set)  # features a command changed
+
+
 def plan(
     *,
-    events: Sequence[PullRequestEvent],
+    events: Sequence[PlannerEvent],
     entries: Mapping[str, Sequence[Element]],
     catalog: Settings,
     now: datetime,
+    approvals: Mapping[str, str] | None = None,
 ) -> Plan:
-    """Apply ``events`` in order to ``entries`` and say what changed and whom to tell."""
+    """Apply ``events`` in order to ``entries`` and say what changed and whom to tell.
+
+    ``approvals``: PR key -> the head sha a writer approved with ``/devstack approve`` (fork PRs).
+    ``now`` is only used by commands that carry no time of their own; expiries come from each
+    event's ``received_at``, so replays are deterministic.
+    """
     before = {feature: [dict(e) for e in elements] for feature, elements in entries.items()}
     state = {feature: [dict(e) for e in elements] for feature, elements in entries.items()}
+    batch = _Batch()
     decisions: list[Decision] = []
-    latest: dict[str, PullRequestEvent] = {}
-    why_not: dict[str, str] = {}
     for event in events:
-        reason = _apply(state, event, catalog)
+        if isinstance(event, Command):
+            reason = _command(state, event, catalog, batch)
+            target = event.key
+        else:
+            reason = _apply(state, event, catalog, approvals or {}, batch)
+            batch.latest[event.key] = event
+            batch.why_not[event.key] = reason or ""
+            target = event.key
         decisions.append(
-            Decision(
-                delivery_id=event.delivery_id,
-                pr=event.key,
-                outcome="ignored" if reason else "applied",
-                reason=reason or "",
-            )
+            Decision(delivery_id=event.delivery_id, pr=target, outcome="ignored" if reason else "applied",
+                     reason=reason or "")
         )
-        latest[event.key] = event
-        why_not[event.key] = reason or ""
     state = {feature: _with_namespace_owner(elements) for feature, elements in state.items() if elements}
     changed: dict[str, list[Element] | None] = {}
     for feature in sorted(set(before) | set(state)):
         old, new = before.get(feature), state.get(feature)
         if _canonical(old) != _canonical(new):
             changed[feature] = new
-    feedback = _feedback(before=before, after=state, latest=latest, why_not=why_not, catalog=catalog)
-    del now  # the expiry is computed from each event's received_at, so replays are deterministic
+    feedback = _feedback(before=before, after=state, batch=batch, catalog=catalog)
+    del now
     return Plan(entries=state, changed=changed, feedback=feedback, decisions=decisions)
 
 
-# --- applying one event --------------------------------------------------------------------------
+# --- pull request events -------------------------------------------------------------------------
 
 
-def _apply(state: dict[str, list[Element]], event: PullRequestEvent, catalog: Settings) -> str | None:
+def _apply(
+    state: dict[str, list[Element]],
+    event: PullRequestEvent,
+    catalog: Settings,
+    approvals: Mapping[str, str],
+    batch: _Batch,
+) -> str | None:
     """Change ``state`` for ``event``; return why it wants no preview (None when it has one)."""
-    _withdraw(state, event.key)
-    reason = _why_no_preview(event, catalog)
+    feature = feature_of(event, catalog)
+    prior = stack_expiry(state.get(feature, []))
+    previous = {e["service"]: e for e in state.get(feature, [])}  # for the CLI overrides they carry
+    _withdraw(state, event.key, catalog)
+    reason = _why_no_preview(event, catalog, approvals)
     if reason:
         return reason
-    services = catalog.services_of_repo(provider=event.provider.value, repo=event.repo)
-    feature = feature_of(event, catalog)
-    expires = _expiry(event, catalog)
+    own = catalog.services_of_repo(provider=event.provider.value, repo=event.repo)
+    wanted, unknown = _with_services(event, catalog)
+    if unknown:
+        batch.notes.setdefault(event.key, []).append(
+            f"unknown service{'s' if len(unknown) > 1 else ''} {', '.join(f'`{u}`' for u in unknown)} "
+            f"(in a `{label(catalog, 'with:')}` label); the catalog has: "
+            + ", ".join(f"`{name}`" for name in sorted(catalog.services))
+        )
     elements = state.setdefault(feature, [])
-    for service in services:
-        element = build_element(event=event, catalog=catalog, feature=feature, service=service, expires=expires)
-        existing = next((e for e in elements if e["service"] == service), None)
-        if existing is not None:
-            element["requestedBy"] = sorted(set(existing["requestedBy"]) | {event.key})
-            elements.remove(existing)
-        elements.append(element)
+    for service in own:
+        element = build_element(event=event, catalog=catalog, feature=feature, service=service)
+        if service in previous:
+            _carry_overrides(previous[service], element)
+        _put(elements, element, event.key)
+    for service in sorted(set(wanted) - set(own)):
+        existing = _find(elements, service)
+        if existing is None:
+            elements.append(base_element(catalog=catalog, feature=feature, service=service, requester=event.key))
+        elif event.key not in existing["requestedBy"]:
+            existing["requestedBy"] = sorted({*existing["requestedBy"], event.key})
+    expiry, note = _event_expiry(event, catalog, prior=prior)
+    if note:
+        batch.notes.setdefault(event.key, []).append(note)
+    _set_expiry(elements, expiry)
     return None
 
 
-def _with_namespace_owner(elements: list[Element]) -> list[Element]:
-    """Mark exactly one element ``values.namespaceOwner: "true"``: the one whose Application owns the
-    preview namespace (argocd/applicationset-namespaces.yaml renders it from that element).
+def _withdraw(state: dict[str, list[Element]], key: str, catalog: Settings) -> None:
+    """Take back everything ``key`` asked for.
 
-    The owner is the element with the latest expiry (``never`` is the latest; ties: the first service
-    by name), so the namespace's own expiry covers the whole stack.
+    Elements nobody asks for any more go; an element ``key`` built that others still ask for falls
+    back to its base tag.
     """
-    ordered = sorted(elements, key=lambda e: str(e["service"]))
-    owner = max(ordered, key=lambda e: "9999" if e["expiresAt"] == NEVER else str(e["expiresAt"]))
-    result = []
-    for element in ordered:
-        values = {k: v for k, v in element["values"].items() if k != "namespaceOwner"}
-        if element is owner:
-            values["namespaceOwner"] = "true"
-        result.append({**element, "values": values})
-    return result
-
-
-def _withdraw(state: dict[str, list[Element]], key: str) -> None:
-    """Take back everything PR ``key`` asked for; elements nobody asks for any more go."""
     for feature, elements in state.items():
         kept = []
         for element in elements:
             requested = [k for k in element["requestedBy"] if k != key]
-            if requested and _source_key(element) != key:
-                kept.append({**element, "requestedBy": requested})
+            if not requested:
+                continue
+            if source_key(element) == key:
+                element = base_element(catalog=catalog, feature=feature, service=element["service"],
+                                       requester=requested[0], keep=element)
+            kept.append({**element, "requestedBy": requested})
         state[feature] = kept
 
 
-def _why_no_preview(event: PullRequestEvent, catalog: Settings) -> str | None:
+def _put(elements: list[Element], element: Element, key: str) -> None:
+    """Place a PR-built element, keeping who else asked for the service and the CLI overrides."""
+    existing = _find(elements, element["service"])
+    if existing is not None:
+        element["requestedBy"] = sorted({*existing["requestedBy"], key})
+        _carry_overrides(existing, element)
+        elements.remove(existing)
+    elements.append(element)
+
+
+def _find(elements: Sequence[Element], service: str) -> Element | None:
+    return next((e for e in elements if e["service"] == service), None)
+
+
+def _why_no_preview(event: PullRequestEvent, catalog: Settings, approvals: Mapping[str, str]) -> str | None:
     if event.state is PullRequestState.CLOSED:
         return "merged" if event.merged else "closed"
     if not catalog.repo_allowed(event.repo):
@@ -168,7 +229,7 @@ def _why_no_preview(event: PullRequestEvent, catalog: Settings) -> str | None:
         return "no catalog service for this repository"
     if event.draft and not catalog.deploy_drafts:
         return "draft"
-    if event.fork and not catalog.security.allow_forks:
+    if event.fork and not catalog.security.allow_forks and approvals.get(event.key) != event.head_sha:
         return "fork"
     if catalog.trigger == "label" and label(catalog, "preview") not in event.labels:
         return "no preview label"
@@ -179,41 +240,138 @@ def label(catalog: Settings, name: str) -> str:
     return f"{catalog.labels.prefix}{name}"
 
 
-def _label_value(event: PullRequestEvent, catalog: Settings, name: str) -> str | None:
+def _label_values(event: PullRequestEvent, catalog: Settings, name: str) -> list[str]:
     prefix = label(catalog, f"{name}:")
-    values = sorted(lbl[len(prefix) :] for lbl in event.labels if lbl.startswith(prefix))
-    return values[0] if values else None
+    return sorted(lbl[len(prefix):].strip() for lbl in event.labels if lbl.startswith(prefix))
 
 
 def feature_of(event: PullRequestEvent, catalog: Settings) -> str:
     """``devstack/feature:<name>`` when present, else the head branch: always through naming."""
-    named = _label_value(event, catalog, "feature")
-    return naming.feature_name(named if named else event.head_branch)
+    named = _label_values(event, catalog, "feature")
+    return naming.feature_name(named[0] if named else event.head_branch)
 
 
-def _expiry(event: PullRequestEvent, catalog: Settings) -> str:
-    ttl: timedelta | None = catalog.ttl.default
-    requested = _label_value(event, catalog, "ttl")
-    if requested is not None:
-        try:
-            ttl = parse_duration(requested)
-        except InvalidDuration:
-            ttl = catalog.ttl.default
-        if ttl is None and catalog.ttl.max is not None:
-            ttl = catalog.ttl.max
-        if ttl is not None and catalog.ttl.max is not None:
-            ttl = min(ttl, catalog.ttl.max)
-    return NEVER if ttl is None else format_time(event.received_at + ttl)
+def _with_services(event: PullRequestEvent, catalog: Settings) -> tuple[list[str], list[str]]:
+    """The services asked for by ``with:`` labels plus their ``depends_on`` closure; unknown names."""
+    asked = _label_values(event, catalog, "with")
+    unknown = sorted({name for name in asked if name not in catalog.services})
+    return dependency_closure(catalog, [n for n in asked if n in catalog.services]), [u[:40] for u in unknown]
+
+
+def dependency_closure(catalog: Settings, services: Iterable[str]) -> list[str]:
+    """``services`` and everything they depend on, transitively (cycles are harmless)."""
+    seen: set[str] = set()
+    pending = list(services)
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        pending.extend(catalog.services[name].depends_on)
+    return sorted(seen)
+
+
+# --- expiry --------------------------------------------------------------------------------------
+
+
+def _ttl(catalog: Settings, requested: str | None) -> tuple[timedelta | None, str]:
+    """The TTL to use for a request (label, command, CLI) and a note when it was refused or capped."""
+    if requested is None:
+        return catalog.ttl.default, ""
+    try:
+        ttl = parse_duration(requested)
+    except InvalidDuration as exc:
+        return catalog.ttl.default, f"TTL not applied: {exc}"
+    limit = catalog.ttl.max
+    if limit is not None and (ttl is None or ttl > limit):
+        capped = format_duration(limit)
+        return limit, f"TTL `{requested[:20]}` is longer than this installation allows; capped at {capped}"
+    return ttl, ""
+
+
+def _expires(start: datetime, ttl: timedelta | None) -> str:
+    return NEVER if ttl is None else format_time(start + ttl)
+
+
+def _later(a: str | None, b: str) -> str:
+    if a is None:
+        return b
+    if NEVER in (a, b):
+        return NEVER
+    return max(a, b)
+
+
+def _event_expiry(event: PullRequestEvent, catalog: Settings, *, prior: str | None) -> tuple[str, str]:
+    requested = _label_values(event, catalog, "ttl")
+    ttl, note = _ttl(catalog, requested[0] if requested else None)
+    mine = _expires(event.received_at, ttl)
+    if event.action == "resync" and prior is not None:
+        return prior, note  # healing never extends a preview
+    if requested and not note.startswith("TTL not applied"):
+        return mine, note  # an explicit TTL label sets the expiry (it may shorten it)
+    return _later(prior, mine), note
+
+
+def stack_expiry(elements: Sequence[Element]) -> str | None:
+    """The expiry of a stack (the latest of its elements'), None for an empty stack."""
+    result: str | None = None
+    for element in elements:
+        result = _later(result, element["expiresAt"])
+    return result
+
+
+def _set_expiry(elements: list[Element], expiry: str) -> None:
+    for element in elements:
+        element["expiresAt"] = expiry
+        element["values"] = {**element["values"], "expiresAt": expiry}
+
+
+# --- building elements ---------------------------------------------------------------------------
 
 
 def build_element(
-    *, event: PullRequestEvent, catalog: Settings, feature: str, service: str, expires: str
+    *, event: PullRequestEvent, catalog: Settings, feature: str, service: str, expires: str = NEVER
 ) -> Element:
+    """The element of ``service`` built from the head of PR ``event``."""
     spec = catalog.services[service]
     tag = spec.tag.format(
         sha=event.head_sha, short_sha=event.head_sha[:7], branch=naming.feature_name(event.head_branch),
         number=event.number,
     )
+    return _element(
+        catalog=catalog, feature=feature, service=service, tag=tag, expires=expires, requested=[event.key],
+        source={
+            "provider": event.provider.value,
+            "repo": event.repo,
+            "number": str(event.number),
+            "url": event.url,
+            "sha": event.head_sha,
+            "branch": naming.display_text(event.head_branch),
+        },
+    )
+
+
+def base_element(
+    *, catalog: Settings, feature: str, service: str, requester: str, tag: str | None = None,
+    keep: Element | None = None,
+) -> Element:
+    """The element of ``service`` at its base tag (or a pinned ``tag``): not built from a PR."""
+    spec = catalog.services[service]
+    element = _element(
+        catalog=catalog, feature=feature, service=service, tag=tag or spec.base_tag,
+        expires=keep["expiresAt"] if keep else NEVER, requested=[requester],
+        source={"provider": spec.provider, "repo": spec.repo, "number": "0", "url": "", "sha": "", "branch": ""},
+    )
+    if keep is not None:
+        _carry_overrides(keep, element)
+    return element
+
+
+def _element(
+    *, catalog: Settings, feature: str, service: str, tag: str, expires: str, requested: list[str],
+    source: dict[str, str],
+) -> Element:
+    spec = catalog.services[service]
     values: Element = {
         "feature": feature,
         "service": service,
@@ -239,28 +397,141 @@ def build_element(
             "targetRevision": catalog.chart.target_revision,
         },
         "values": values,
-        "source": {
-            "provider": event.provider.value,
-            "repo": event.repo,
-            "number": str(event.number),
-            "url": event.url,
-            "sha": event.head_sha,
-            "branch": naming.display_text(event.head_branch),
-        },
-        "requestedBy": [event.key],
+        "source": source,
+        "requestedBy": requested,
         "expiresAt": expires,
     }
 
 
+def _carry_overrides(old: Element, new: Element) -> None:
+    """What ``devstack set`` / ``restart`` changed survives a rebuild of the element."""
+    overrides = old.get("overrides")
+    if not overrides:
+        return
+    new["overrides"] = overrides
+    new["values"] = {**new["values"], "env": {**new["values"]["env"], **overrides.get("env", {})}}
+    if overrides.get("restartedAt"):
+        new["values"]["restartedAt"] = overrides["restartedAt"]
+
+
 def host(catalog: Settings, *, feature: str, service: str) -> str:
-    return naming.preview_host(template=catalog.routing.host, feature=feature, service=service, domain=catalog.domain)
+    return naming.preview_host(template=catalog.routing.host, feature=feature, service=service,
+                               domain=catalog.domain)
+
+
+def _with_namespace_owner(elements: list[Element]) -> list[Element]:
+    """Mark exactly one element ``values.namespaceOwner: "true"``: the one whose Application owns the
+    preview namespace (argocd/applicationset-namespaces.yaml renders it from that element).
+
+    The owner is the element with the latest expiry (``never`` is the latest; ties: the first service
+    by name), so the namespace's own expiry covers the whole stack.
+    """
+    ordered = sorted(elements, key=lambda e: str(e["service"]))
+    owner = max(ordered, key=lambda e: "9999" if e["expiresAt"] == NEVER else str(e["expiresAt"]))
+    result = []
+    for element in ordered:
+        values = {k: v for k, v in element["values"].items() if k != "namespaceOwner"}
+        if element is owner:
+            values["namespaceOwner"] = "true"
+        result.append({**element, "values": values})
+    return result
+
+
+# --- commands (CLI, comment commands, reaper) ----------------------------------------------------
+
+
+def _command(state: dict[str, list[Element]], command: Command, catalog: Settings, batch: _Batch) -> str | None:
+    """Apply a command; return why it did nothing (None when it changed or confirmed the state)."""
+    feature = command.feature or (stack_of(state, command.pr) if command.pr else None)
+    if feature is None or (command.op != "up" and not state.get(feature)):
+        return "no such preview"
+    batch.touched.add(feature)
+    elements = state.setdefault(feature, [])
+    args = dict(command.args)
+    if command.op == "up":
+        return _up(elements, command, catalog, feature=feature)
+    if command.op == "down":
+        state[feature] = []
+        for key in _requesters(elements):
+            batch.why_not[key] = "down"
+        return None
+    if command.op == "expire":
+        if stack_expiry(elements) != args.get("expiresAt") or args.get("expiresAt") == NEVER:
+            return "extended meanwhile"
+        state[feature] = []
+        for key in _requesters(elements):
+            batch.why_not[key] = "expired"
+        return None
+    if command.op in ("extend", "ttl"):
+        ttl, note = _ttl(catalog, args.get("ttl"))
+        mine = _expires(command.received_at, ttl)
+        current = stack_expiry(elements)
+        _set_expiry(elements, mine if command.op == "ttl" else _later(current, mine))
+        if note and command.pr:
+            batch.notes.setdefault(command.pr, []).append(note)
+        return None
+    if command.op in ("set", "restart", "redeploy"):
+        return _override(elements, command, args)
+    return f"unknown command {command.op!r}"
+
+
+def _up(elements: list[Element], command: Command, catalog: Settings, *, feature: str) -> str | None:
+    pins = dict(command.services)
+    unknown = sorted(name for name in pins if name not in catalog.services)
+    if unknown:
+        return f"unknown service {', '.join(unknown)}"
+    prior = stack_expiry(elements)
+    for service in dependency_closure(catalog, pins):
+        existing = _find(elements, service)
+        if existing is None:
+            elements.append(base_element(catalog=catalog, feature=feature, service=service,
+                                         requester=CLI_REQUESTER, tag=pins.get(service) or None))
+            continue
+        requested = sorted({*existing["requestedBy"], CLI_REQUESTER})
+        if pins.get(service) and not source_key(existing):
+            replacement = base_element(catalog=catalog, feature=feature, service=service,
+                                       requester=CLI_REQUESTER, tag=pins[service], keep=existing)
+            elements[elements.index(existing)] = replacement
+            existing = replacement
+        existing["requestedBy"] = requested
+    ttl, note = _ttl(catalog, dict(command.args).get("ttl"))
+    _set_expiry(elements, _later(prior, _expires(command.received_at, ttl)))
+    return note or None
+
+
+def _override(elements: list[Element], command: Command, args: Mapping[str, str]) -> str | None:
+    services = [s for s, _ in command.services] or (
+        [e["service"] for e in elements if command.pr and source_key(e) == command.pr] if command.op == "redeploy"
+        else []
+    )
+    if not services:
+        return "no service named"
+    missing = [s for s in services if _find(elements, s) is None]
+    if missing:
+        return f"not in this preview: {', '.join(missing)}"
+    for service in services:
+        element = _find(elements, service)
+        assert element is not None
+        overrides = {**element.get("overrides", {})}
+        if command.op == "set":
+            overrides["env"] = {**overrides.get("env", {}), **{k[4:]: v for k, v in args.items() if k[:4] == "env."}}
+        else:
+            overrides["restartedAt"] = format_time(command.received_at)
+        element["overrides"] = overrides
+        element["values"] = {**element["values"], "env": {**element["values"]["env"], **overrides.get("env", {})}}
+        if overrides.get("restartedAt"):
+            element["values"]["restartedAt"] = overrides["restartedAt"]
+    return None
 
 
 # --- feedback ------------------------------------------------------------------------------------
 
 
-def _source_key(element: Element) -> str:
+def source_key(element: Element) -> str | None:
+    """The PR that builds this element, or None for a base / pinned build."""
     source = element["source"]
+    if source["number"] == "0":
+        return None
     return f"{source['provider']}:{source['repo']}#{source['number']}"
 
 
@@ -268,48 +539,49 @@ def _requesters(elements: Iterable[Element]) -> set[str]:
     return {key for element in elements for key in element["requestedBy"]}
 
 
-def _stack_of(state: Mapping[str, list[Element]], key: str) -> str | None:
+def stack_of(state: Mapping[str, Sequence[Element]], key: str) -> str | None:
     for feature, elements in state.items():
         if key in _requesters(elements):
             return feature
     return None
 
 
+def _is_pr(key: str) -> bool:
+    return key.startswith(("github:", "gitlab:"))
+
+
 def _feedback(
     *,
     before: Mapping[str, list[Element]],
     after: Mapping[str, list[Element]],
-    latest: Mapping[str, PullRequestEvent],
-    why_not: Mapping[str, str],
+    batch: _Batch,
     catalog: Settings,
 ) -> list[Feedback]:
     """One :class:`Feedback` per PR whose comment must change: the PRs of this batch and the other PRs
     of every stack they touched (a multi-repo stack lists all its services in every PR)."""
-    touched_features: set[str] = set()
-    for key in latest:
+    touched = set(batch.touched)
+    for key in batch.latest:
         for state in (before, after):
-            feature = _stack_of(state, key)
+            feature = stack_of(state, key)
             if feature:
-                touched_features.add(feature)
-    keys = set(latest)
-    for feature in touched_features:
+                touched.add(feature)
+    keys = set(batch.latest)
+    for feature in touched:
         keys |= _requesters(before.get(feature, [])) | _requesters(after.get(feature, []))
     result = []
-    for key in sorted(keys):
-        feature = _stack_of(after, key)
+    for key in sorted(k for k in keys if _is_pr(k)):
+        event = batch.latest.get(key)
+        notes = tuple(batch.notes.get(key, ()))
+        feature = stack_of(after, key)
         if feature is not None:
-            result.append(_active(key=key, elements=after[feature], catalog=catalog, event=latest.get(key)))
+            result.append(stack_feedback(key=key, elements=after[feature], catalog=catalog, event=event, notes=notes))
             continue
-        had = _stack_of(before, key)
-        event = latest.get(key)
+        had = stack_of(before, key)
         if had is None:
             continue
         ref, url, sha = _pr_identity(key, before[had], event)
-        result.append(
-            Feedback(
-                pr=ref, pr_url=url, status="removed", feature=had, sha=sha, reason=why_not.get(key, "") or "removed"
-            )
-        )
+        result.append(Feedback(pr=ref, pr_url=url, status="removed", feature=had, sha=sha,
+                               reason=batch.why_not.get(key, "") or "removed", notes=notes))
     return result
 
 
@@ -318,28 +590,30 @@ def _pr_identity(
 ) -> tuple[PullRequestRef, str, str]:
     if event is not None:
         return event.ref, event.url, event.head_sha
-    element = next(e for e in elements if _source_key(e) == key or key in e["requestedBy"])
-    source = element["source"]
     provider, rest = key.split(":", 1)
     repo, number = rest.rsplit("#", 1)
-    if _source_key(element) == key:
-        return PullRequestRef(provider=Provider(provider), repo=repo, number=int(number)), source["url"], source["sha"]
-    return PullRequestRef(provider=Provider(provider), repo=repo, number=int(number)), "", ""
+    ref = PullRequestRef(provider=Provider(provider), repo=repo, number=int(number))
+    built = next((e for e in elements if source_key(e) == key), None)
+    if built is None:
+        return ref, "", ""
+    return ref, built["source"]["url"], built["source"]["sha"]
 
 
-def _active(*, key: str, elements: Sequence[Element], catalog: Settings, event: PullRequestEvent | None) -> Feedback:
+def stack_feedback(
+    *, key: str, elements: Sequence[Element], catalog: Settings, event: PullRequestEvent | None = None,
+    notes: tuple[str, ...] = (), warning: str = "",
+) -> Feedback:
+    """The comment state of PR ``key`` in the stack ``elements``."""
     ref, url, sha = _pr_identity(key, elements, event)
     links = tuple(
         ServiceLink(
             service=e["service"],
             url=f"https://{e['values']['host']}",
             image=f"{e['values']['image']['repository']}:{e['values']['image']['tag']}",
-            source=_source_key(e),
+            source=source_key(e) or "",
         )
         for e in sorted(elements, key=lambda e: e["service"])
     )
-    own = [e for e in elements if key in e["requestedBy"]]
-    expires = min((e["expiresAt"] for e in own), key=lambda t: "9999" if t == NEVER else t, default=NEVER)
     return Feedback(
         pr=ref,
         pr_url=url,
@@ -348,7 +622,9 @@ def _active(*, key: str, elements: Sequence[Element], catalog: Settings, event: 
         sha=sha,
         services=links,
         header=catalog.routing.header,
-        expires_at=expires,
+        expires_at=stack_expiry(elements) or NEVER,
+        notes=notes,
+        warning=warning,
     )
 
 

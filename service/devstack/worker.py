@@ -21,12 +21,12 @@ from devstack import entries as entry_format
 from devstack.catalog import Settings
 from devstack.entries import Element
 from devstack.errors import InvalidEntry, PermanentError, TemporaryError
-from devstack.events import PullRequestEvent
+from devstack.events import Command, PullRequestEvent, event_from_json
 from devstack.feedback import feedback_to_dict
 from devstack.gitops import CommitResult, GitStore
 from devstack.journal import Delivery, Journal
 from devstack.log import bind
-from devstack.planner import Plan, plan
+from devstack.planner import Plan, PlannerEvent, plan
 
 logger = logging.getLogger(__name__)
 
@@ -148,8 +148,8 @@ class Worker:
             feedback=[(f.pr.key, f.pr.provider.value, feedback_to_dict(f)) for f in planned.feedback],
         )
         for event, decision in zip(events.values(), planned.decisions, strict=True):
-            with bind(delivery=event.delivery_id, provider=event.provider.value, repo=event.repo, pr=event.number):
-                logger.info("%s %s: %s%s", event.action, event.key, decision.outcome,
+            with bind(delivery=event.delivery_id, pr=event.key):
+                logger.info("%s %s: %s%s", _action(event), event.key, decision.outcome,
                             f" ({decision.reason})" if decision.reason else "")
         if result.sha:
             logger.info("pushed %s: %d deliveries, %s changed, %d attempt(s)",
@@ -158,24 +158,32 @@ class Worker:
             deliveries=len(batch), commit=result.sha, attempts=result.attempts, changed=result.changed, dead=broken
         )
 
-    def _events(self, batch: Sequence[Delivery]) -> tuple[dict[int, PullRequestEvent], list[str]]:
-        events: dict[int, PullRequestEvent] = {}
+    def _events(self, batch: Sequence[Delivery]) -> tuple[dict[int, PlannerEvent], list[str]]:
+        events: dict[int, PlannerEvent] = {}
         broken: list[str] = []
         for delivery in batch:
             try:
-                events[delivery.seq] = PullRequestEvent.from_json(delivery.payload)
+                event = event_from_json(delivery.payload)
             except (ValueError, KeyError, TypeError) as exc:
                 self._journal.dead_letter(delivery.seq, error=f"unreadable journal payload: {exc}")
                 broken.append(delivery.delivery_id)
+                continue
+            if not isinstance(event, PullRequestEvent | Command):
+                self._journal.dead_letter(delivery.seq, error=f"a {type(event).__name__} in the git queue")
+                broken.append(delivery.delivery_id)
+                continue
+            events[delivery.seq] = event
         return events, broken
 
-    def _commit(self, events: Mapping[int, PullRequestEvent]) -> tuple[Plan, CommitResult]:
+    def _commit(self, events: Mapping[int, PlannerEvent]) -> tuple[Plan, CommitResult]:
         planned: list[Plan] = []
         ordered = list(events.values())
+        approvals = self._journal.approvals()
 
         def change(files: dict[str, bytes]) -> dict[str, bytes | None]:
             current = self._cache.decode(files)
-            result = plan(events=ordered, entries=current, catalog=self._settings, now=self._clock())
+            result = plan(events=ordered, entries=current, catalog=self._settings, now=self._clock(),
+                          approvals=approvals)
             out: dict[str, bytes | None] = {}
             for feature, elements in result.changed.items():
                 if elements is None:
@@ -189,9 +197,9 @@ class Worker:
         result = self._store.apply(change, message=commit_message(ordered))
         return planned[0], result
 
-    def _dead(self, events: Mapping[int, PullRequestEvent], *, error: str, broken: list[str]) -> BatchResult:
+    def _dead(self, events: Mapping[int, PlannerEvent], *, error: str, broken: list[str]) -> BatchResult:
         for seq, event in events.items():
-            with bind(delivery=event.delivery_id, repo=event.repo, pr=event.number):
+            with bind(delivery=event.delivery_id, pr=event.key):
                 logger.error("dead letter: %s", error)
             self._journal.dead_letter(seq, error=error)
         return BatchResult(deliveries=len(events), dead=broken + [e.delivery_id for e in events.values()], error=error)
@@ -231,10 +239,20 @@ class Worker:
         return batches
 
 
-def commit_message(events: Sequence[PullRequestEvent]) -> str:
-    keys = sorted({f"{e.repo}#{e.number}" for e in events})
+def _action(event: PlannerEvent) -> str:
+    return event.op if isinstance(event, Command) else event.action
+
+
+def _target(event: PlannerEvent) -> str:
+    if isinstance(event, Command):
+        return event.feature or event.pr or "?"
+    return f"{event.repo}#{event.number}"
+
+
+def commit_message(events: Sequence[PlannerEvent]) -> str:
+    keys = sorted({_target(e) for e in events})
     title = f"devstack: {len(events)} event(s) for {', '.join(keys[:3])}" + (
         f" and {len(keys) - 3} more" if len(keys) > 3 else ""
     )
-    trailers = "\n".join(f"Delivery: {e.provider.value} {e.delivery_id} {e.action} {e.key}" for e in events[:50])
+    trailers = "\n".join(f"Delivery: {e.delivery_id} {_action(e)} {e.key}" for e in events[:50])
     return f"{title}\n\n{trailers}\n"
