@@ -27,6 +27,10 @@ SECRET = "test-secret-1"
 ROTATED_SECRET = "test-secret-2"
 API_URL = "https://api.github.test"
 TOKEN = "ghp_testtoken_never_logged_0123456789"
+GITLAB_URL = "https://gitlab.test"
+GITLAB_TOKEN = "glpat-testtoken-never-logged-0123456789"
+GITLAB_SECRET = "gitlab-test-secret-1"
+GITLAB_ROTATED_SECRET = "gitlab-test-secret-2"
 
 
 @pytest.fixture(autouse=True)
@@ -78,9 +82,13 @@ def make_settings(tmp_path: Path, bare_remote: str) -> Callable[..., Settings]:
             "providers": {
                 "github": {"api_url": API_URL, "token": TOKEN, "webhook_secrets": [SECRET, ROTATED_SECRET],
                            "seconds_between_writes": 0},
+                "gitlab": {"url": GITLAB_URL, "token": GITLAB_TOKEN,
+                           "webhook_secrets": [GITLAB_SECRET, GITLAB_ROTATED_SECRET]},
             },
             "services": catalog(),
             "worker": {"poll_interval": 0.02, "backoff_max": 1},
+            "resync_interval": "1h",  # tests run a pass explicitly when they mean to
+            "reap_interval": "1h",
             "feedback": {"backoff_max": 1},
         }
         for key, value in overrides.items():
@@ -163,6 +171,19 @@ class RunningServer:
         headers = {"Content-Type": "application/json", "X-GitHub-Event": event, "X-GitHub-Delivery": delivery,
                    "X-Hub-Signature-256": sign(body, secret)}
         return self.post("/webhooks/github", body=body, headers=headers)
+
+    def send_gitlab(
+        self, payload: dict[str, Any] | bytes, *, event: str = "Merge Request Hook", delivery: str | None = None,
+        token: str | None = GITLAB_SECRET,
+    ) -> httpx.Response:
+        """A delivery as GitLab sends it: the secret token verbatim, the event UUID when ``delivery`` is given."""
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json", "X-Gitlab-Event": event}
+        if token is not None:
+            headers["X-Gitlab-Token"] = token
+        if delivery is not None:
+            headers["X-Gitlab-Event-UUID"] = delivery
+        return self.post("/webhooks/gitlab", body=body, headers=headers)
 
     def get(self, path: str) -> httpx.Response:
         return httpx.get(self.url + path, timeout=30)

@@ -1,0 +1,840 @@
+"""GitLab: verify a webhook delivery, translate it into shared events, send feedback through python-gitlab.
+
+Like :mod:`devstack.providers.github`, this module only translates (DESIGN §1, §9): merge requests
+become :class:`PullRequestEvent` (the MR *iid* is the number, the project's ``path_with_namespace``
+the repo, subgroups included), notes on merge requests become :class:`CommentEvent`, and
+:class:`GitLabClient` keeps the sticky MR note and the ``preview/<feature>`` environment in step.
+It never sleeps on a rate limit: it raises :class:`~devstack.errors.ProviderError` with the delay
+GitLab asked for, and the outbox retries.
+
+Webhook specifics:
+
+* Authenticity: GitLab sends the configured secret token verbatim in ``X-Gitlab-Token`` (there is
+  no HMAC of the body). It is compared in constant time with every configured secret.
+* Delivery id (dedupe): ``X-Gitlab-Event-UUID``, else ``Idempotency-Key`` (GitLab 17.4+, stable
+  across retries), else -- older GitLab sends neither -- ``gitlab-sha256:<hex of the body>``:
+  GitLab payloads carry ``updated_at``, so identical bytes are a redelivery of the same event.
+* GitLab has no ping event: the *Test* button of a webhook sends an ordinary event built from the
+  project's latest data, so it is handled like any other delivery (:meth:`GitLabWebhook.is_ping` is
+  always False). A test *Merge Request Hook* re-states an existing MR, which is harmless: the planner
+  is state based.
+* ``System Hook`` deliveries (instance-wide hooks of self-managed GitLab) of ``object_kind:
+  merge_request`` carry the same payload as a project's *Merge Request Hook* and are handled alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import gitlab
+import gitlab.exceptions
+import requests
+
+from devstack.errors import BadPayload, ConfigError, ProviderError, ProviderRejected, Unauthorized
+from devstack.events import CommentEvent, Provider, PullRequestEvent, PullRequestState
+from devstack.providers import Ignored
+
+__all__ = [
+    "GitLabClient", "GitLabWebhook", "Ignored", "delivery_id", "merge_request_from_api", "parse_delivery",
+    "verify_token",
+]
+
+if TYPE_CHECKING:
+    from gitlab.v4.objects import (
+        Project,
+        ProjectEnvironment,
+        ProjectMergeRequest,
+        ProjectMergeRequestNote,
+    )
+    from pydantic import SecretStr
+
+logger = logging.getLogger(__name__)
+
+TOKEN_HEADER = "X-Gitlab-Token"  # noqa: S105 - a header name
+EVENT_HEADER = "X-Gitlab-Event"
+EVENT_UUID_HEADER = "X-Gitlab-Event-UUID"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+MERGE_REQUEST_HOOK = "Merge Request Hook"
+NOTE_HOOK = "Note Hook"
+SYSTEM_HOOK = "System Hook"
+
+# GitLab's merge request actions, in GitHub's vocabulary (``update`` is refined in _mr_action).
+_MR_ACTIONS = {"open": "opened", "reopen": "reopened", "update": "edited", "close": "closed", "merge": "closed"}
+# Approvals change nothing a preview depends on.
+_APPROVAL_ACTIONS = frozenset({"approved", "unapproved", "approval", "unapproval"})
+# What a parsed merge request event's action can be.
+PULL_REQUEST_ACTIONS = frozenset(
+    {"opened", "reopened", "synchronize", "edited", "closed", "converted_to_draft", "ready_for_review"}
+)
+_NOTE_ACTIONS = {"create": "created", "update": "edited"}
+
+# GitLab's MR states; "reopened" is what GitLab before 9 called a reopened MR; "locked": merging now.
+_STATES = {
+    "opened": PullRequestState.OPEN,
+    "reopened": PullRequestState.OPEN,
+    "locked": PullRequestState.OPEN,
+    "closed": PullRequestState.CLOSED,
+    "merged": PullRequestState.CLOSED,
+}
+
+_SHA = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")  # SHA-1, or SHA-256 object format
+# A project path: namespace(s)/project, what entries.schema.json accepts; no "." / ".." segment.
+_PROJECT_PATH = re.compile(r"(?!\.{1,2}(?:/|$))[A-Za-z0-9_.-]+(?:/(?!\.{1,2}(?:/|$))[A-Za-z0-9_.-]+)+")
+_URL = re.compile(r"https?://[^\s\"'<>]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UNSAFE = re.compile(r"[^\w.:/-]", re.ASCII)
+# GitLab's draft title prefixes (before `draft` / `work_in_progress` existed in payloads).
+_DRAFT_TITLE = re.compile(r"\s*(\[draft\]|\(draft\)|draft:|\[wip\]|wip:)", re.IGNORECASE)
+# Users behind project / group access tokens are bots; older payloads lack ``user.bot``.
+_BOT_USERNAME = re.compile(r"(project|group)_\d+_bot(_[0-9a-f]+|\d*)")
+_MAX_NUMBER = 10**12  # entries carry the number as at most 12 digits
+_MAX_REF = 255
+_MAX_URL = 500
+_MAX_PATH = 255
+_MAX_DELIVERY = 200
+
+
+# --------------------------------------------------------------------------------------------- webhook
+
+
+def verify_token(*, token: str | None, secrets: Sequence[SecretStr]) -> None:
+    """Check ``X-Gitlab-Token`` against every configured secret (rotation: any one may match).
+
+    Both sides are hashed first, so the comparison takes the same time whatever the lengths, and
+    every secret is compared (no early exit). Raises :class:`Unauthorized` when the header is
+    missing or wrong, or no non-empty secret is configured. Messages never contain a token.
+    """
+    keys = [secret.get_secret_value() for secret in secrets]
+    digests = [_digest(key) for key in keys if key]  # an empty secret would accept an empty token
+    if not digests:
+        raise Unauthorized("no GitLab webhook secret is configured")
+    if not token:
+        raise Unauthorized(f"missing {TOKEN_HEADER} header")
+    given = _digest(token)
+    matched = False
+    for expected in digests:
+        matched |= hmac.compare_digest(expected, given)
+    if not matched:
+        raise Unauthorized(f"{TOKEN_HEADER} does not match any configured secret")
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+def delivery_id(*, headers: Mapping[str, str], body: bytes) -> str:
+    """The id devstack dedupes on: ``X-Gitlab-Event-UUID``, ``Idempotency-Key``, or a hash of the body."""
+    for name in (EVENT_UUID_HEADER, IDEMPOTENCY_HEADER):
+        value = (_header(headers, name) or "").strip()
+        if value:
+            if len(value) > _MAX_DELIVERY or _CONTROL.search(value):
+                raise BadPayload(f"invalid {name} header")
+            return value
+    return "gitlab-sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None:  # HTTP header names are case-insensitive; a plain dict is not
+        lowered = name.lower()
+        value = next((v for k, v in headers.items() if k.lower() == lowered), None)
+    return value
+
+
+def parse_delivery(
+    *, event: str, delivery_id: str, payload: object, received_at: datetime
+) -> PullRequestEvent | CommentEvent | Ignored:
+    """Translate one verified delivery (``payload`` is the decoded JSON body: any JSON value).
+
+    ``Merge Request Hook`` -> :class:`PullRequestEvent`; ``Note Hook`` on a merge request ->
+    :class:`CommentEvent`; every other event, note or action -> :class:`Ignored`. A handled event of
+    the wrong shape raises :class:`BadPayload` naming the field. Unknown fields are ignored; fields
+    that older GitLab versions do not send (``action``, ``draft``, labels in notes) are optional.
+    """
+    if event == SYSTEM_HOOK:
+        kind = payload.get("object_kind") if isinstance(payload, Mapping) else None
+        if kind != "merge_request":
+            return Ignored(reason=f"system hook {_short(kind if isinstance(kind, str) else '')} is not handled")
+        event = MERGE_REQUEST_HOOK
+    if event == MERGE_REQUEST_HOOK:
+        return _merge_request_event(delivery_id=delivery_id, payload=payload, received_at=received_at)
+    if event == NOTE_HOOK:
+        return _note_event(delivery_id=delivery_id, payload=payload, received_at=received_at)
+    return Ignored(reason=f"event {_short(event)} is not handled")
+
+
+def _merge_request_event(*, delivery_id: str, payload: object, received_at: datetime) -> PullRequestEvent | Ignored:
+    root = _object(payload, "payload")
+    attrs = _object(_field(root, "object_attributes", "object_attributes"), "object_attributes")
+    raw_action = attrs.get("action")
+    if raw_action is not None:
+        if not isinstance(raw_action, str):
+            raise BadPayload("object_attributes.action: not a string")
+        if raw_action in _APPROVAL_ACTIONS:
+            return Ignored(reason=f"merge request action {_short(raw_action)} changes no preview")
+        if raw_action not in _MR_ACTIONS:
+            return Ignored(reason=f"merge request action {_short(raw_action)} is not handled")
+    project = _object(_field(root, "project", "project"), "project")
+    repo = _project_path(project, "project.path_with_namespace")
+    user = _object(_field(root, "user", "user"), "user")
+    state = _MergeRequest.read(attrs, path="object_attributes", labels=_hook_labels(root, attrs))
+    return state.event(
+        delivery_id=delivery_id,
+        action=_mr_action(raw_action, attrs=attrs, root=root, state=state),
+        repo=repo,
+        # The user who triggered the event: GitLab names the MR's author only by id (author_id).
+        author=_string(user, "username", "user.username"),
+        received_at=received_at,
+    )
+
+
+def _mr_action(
+    raw: str | None, *, attrs: Mapping[str, object], root: Mapping[str, object], state: _MergeRequest
+) -> str:
+    """GitLab's action in GitHub's vocabulary; payloads from before ``action`` existed: from the state."""
+    if raw is None:  # older GitLab: derive it
+        if state.merged or state.closed:
+            return "closed"
+        if attrs.get("state") == "reopened":
+            return "reopened"
+        if not attrs.get("oldrev") and _same_time(attrs.get("created_at"), attrs.get("updated_at")):
+            return "opened"
+        raw = "update"
+    if raw != "update":
+        return _MR_ACTIONS[raw]
+    if attrs.get("oldrev"):  # GitLab sets oldrev when the update is a push to the source branch
+        return "synchronize"
+    if _draft_changed(root.get("changes")):
+        return "converted_to_draft" if state.draft else "ready_for_review"
+    return "edited"
+
+
+def _draft_changed(changes: object) -> bool:
+    """Whether the update marked the MR draft or ready (``changes.draft``, or a title gaining or losing
+    its ``Draft:`` prefix: what older GitLab reports). ``changes`` is informative only: never refused."""
+    if not isinstance(changes, Mapping):
+        return False
+    if "draft" in changes or "work_in_progress" in changes:
+        return True
+    title = changes.get("title")
+    if not isinstance(title, Mapping):
+        return False
+    before, after = title.get("previous"), title.get("current")
+    if not isinstance(before, str) or not isinstance(after, str):
+        return False
+    return bool(_DRAFT_TITLE.match(before)) != bool(_DRAFT_TITLE.match(after))
+
+
+def _same_time(created: object, updated: object) -> bool:
+    return isinstance(created, str) and created == updated
+
+
+def _hook_labels(root: Mapping[str, object], attrs: Mapping[str, object]) -> tuple[str, ...]:
+    """The MR's current labels: the top-level ``labels``, else ``object_attributes.labels``."""
+    if root.get("labels") is not None:
+        return _labels(root["labels"], "labels")
+    if attrs.get("labels") is not None:
+        return _labels(attrs["labels"], "object_attributes.labels")
+    return ()
+
+
+def _note_event(*, delivery_id: str, payload: object, received_at: datetime) -> CommentEvent | Ignored:
+    root = _object(payload, "payload")
+    attrs = _object(_field(root, "object_attributes", "object_attributes"), "object_attributes")
+    noteable = _string(attrs, "noteable_type", "object_attributes.noteable_type")
+    if noteable != "MergeRequest":
+        return Ignored(reason=f"note on {_short(noteable)} is not handled")
+    raw_action = attrs.get("action")
+    if raw_action is None:
+        action = "created"  # before GitLab 16.11 only new notes triggered a Note Hook
+    elif not isinstance(raw_action, str):
+        raise BadPayload("object_attributes.action: not a string")
+    elif raw_action in _NOTE_ACTIONS:
+        action = _NOTE_ACTIONS[raw_action]
+    else:
+        return Ignored(reason=f"note action {_short(raw_action)} is not handled")
+    if attrs.get("system") is True:
+        return Ignored(reason="system note")
+
+    project = _object(_field(root, "project", "project"), "project")
+    repo = _project_path(project, "project.path_with_namespace")
+    comment_id = _positive_int(attrs, "id", "object_attributes.id")
+    body = _string(attrs, "note", "object_attributes.note", allow_empty=True)
+    user = _object(_field(root, "user", "user"), "user")
+    author = _string(user, "username", "user.username")
+    if user.get("bot") is not None:
+        author_is_bot = _optional_bool(user, "bot", "user.bot")
+    else:  # payloads before user.bot: the users behind project and group access tokens
+        author_is_bot = bool(_BOT_USERNAME.fullmatch(author))
+
+    mr = _object(_field(root, "merge_request", "merge_request"), "merge_request")
+    labels = _labels(mr["labels"], "merge_request.labels") if mr.get("labels") is not None else ()
+    state = _MergeRequest.read(
+        mr, path="merge_request", labels=labels, fallback_url=_note_mr_url(attrs, project, mr)
+    )
+    # The note hook names the MR's author only by id: the commenter is the author when the ids match.
+    mr_author = author if mr.get("author_id") is not None and mr.get("author_id") == user.get("id") else ""
+    pull_request = state.event(
+        delivery_id=delivery_id, action="edited", repo=repo, author=mr_author, received_at=received_at
+    )
+    return CommentEvent(
+        delivery_id=delivery_id,
+        provider=Provider.GITLAB,
+        action=action,
+        repo=repo,
+        number=pull_request.number,
+        url=pull_request.url,
+        comment_id=comment_id,
+        author=author,
+        author_is_bot=author_is_bot,
+        body=body,
+        received_at=received_at,
+        pull_request=pull_request,
+    )
+
+
+def _note_mr_url(attrs: Mapping[str, object], project: Mapping[str, object], mr: Mapping[str, object]) -> str | None:
+    """The MR page when the note's ``merge_request`` has no ``url`` (some payloads): from the note's URL
+    (``.../merge_requests/1#note_2``), else from the project's ``web_url`` and the iid."""
+    note_url = attrs.get("url")
+    if isinstance(note_url, str) and "/merge_requests/" in note_url:
+        return note_url.split("#", 1)[0]
+    web_url, iid = project.get("web_url"), mr.get("iid")
+    if isinstance(web_url, str) and isinstance(iid, int) and not isinstance(iid, bool):
+        return f"{web_url.rstrip('/')}/-/merge_requests/{iid}"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _MergeRequest:
+    """The fields of a merge request object (``object_attributes`` of an MR hook, ``merge_request`` of a
+    note hook), checked as entries.schema.json will need them."""
+
+    number: int
+    url: str
+    title: str
+    head_sha: str
+    head_branch: str
+    base_branch: str
+    closed: bool
+    merged: bool
+    draft: bool
+    fork: bool
+    labels: tuple[str, ...]
+
+    @classmethod
+    def read(
+        cls, mr: Mapping[str, object], *, path: str, labels: tuple[str, ...], fallback_url: str | None = None
+    ) -> _MergeRequest:
+        number = _positive_int(mr, "iid", f"{path}.iid")
+        lacks_url = mr.get("url") is None and fallback_url is not None
+        url = fallback_url if lacks_url and fallback_url else _string(mr, "url", f"{path}.url")
+        if len(url) > _MAX_URL or not _URL.fullmatch(url):
+            raise BadPayload(f"{path}.url: not an http(s) URL")
+
+        state_text = _string(mr, "state", f"{path}.state")
+        if state_text not in _STATES:
+            raise BadPayload(f"{path}.state: not a merge request state")
+        action = mr.get("action")  # an MR hook's action wins over a state that lags behind it
+        merged = state_text == "merged" or action == "merge"
+        closed = _STATES[state_text] is PullRequestState.CLOSED or action in ("close", "merge")
+
+        commit = _object(_field(mr, "last_commit", f"{path}.last_commit"), f"{path}.last_commit")
+        head_sha = _string(commit, "id", f"{path}.last_commit.id")
+        if not _SHA.fullmatch(head_sha):
+            raise BadPayload(f"{path}.last_commit.id: not a commit sha")
+
+        title = _string(mr, "title", f"{path}.title", allow_empty=True)
+        return cls(
+            number=number,
+            url=url,
+            title=title,
+            head_sha=head_sha.lower(),
+            head_branch=_ref(mr, "source_branch", f"{path}.source_branch"),
+            base_branch=_ref(mr, "target_branch", f"{path}.target_branch"),
+            closed=closed,
+            merged=merged,
+            draft=_draft(mr, path=path, title=title),
+            fork=_positive_int(mr, "source_project_id", f"{path}.source_project_id")
+            != _positive_int(mr, "target_project_id", f"{path}.target_project_id"),
+            labels=labels,
+        )
+
+    def event(
+        self, *, delivery_id: str, action: str, repo: str, author: str, received_at: datetime
+    ) -> PullRequestEvent:
+        return PullRequestEvent(
+            delivery_id=delivery_id,
+            provider=Provider.GITLAB,
+            action=action,
+            repo=repo,
+            number=self.number,
+            url=self.url,
+            title=self.title,
+            author=author,
+            head_sha=self.head_sha,
+            head_branch=self.head_branch,
+            base_branch=self.base_branch,
+            state=PullRequestState.CLOSED if self.closed else PullRequestState.OPEN,
+            merged=self.merged,
+            draft=self.draft,
+            fork=self.fork,
+            labels=self.labels,
+            received_at=received_at,
+        )
+
+
+def _draft(mr: Mapping[str, object], *, path: str, title: str) -> bool:
+    """``draft`` (GitLab 13.2+), else ``work_in_progress``, else the title's ``Draft:``/``WIP:`` prefix."""
+    for key in ("draft", "work_in_progress"):
+        if mr.get(key) is not None:
+            return _optional_bool(mr, key, f"{path}.{key}")
+    return bool(_DRAFT_TITLE.match(title))
+
+
+def _labels(value: object, path: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise BadPayload(f"{path}: not a list")
+    names: list[str] = []
+    for index, label in enumerate(value):
+        item = f"{path}[{index}]"
+        names.append(_string(_object(label, item), "title", f"{item}.title"))
+    return tuple(names)
+
+
+def _short(value: str) -> str:
+    """Sender-controlled text, quoted for a log line or a reply: short and printable."""
+    text = _UNSAFE.sub("?", value[:40]) + ("..." if len(value) > 40 else "")
+    return f"'{text}'"
+
+
+def _object(value: object, path: str) -> Mapping[str, object]:
+    if not isinstance(value, Mapping):
+        raise BadPayload(f"{path}: not an object")
+    return value
+
+
+def _field(obj: Mapping[str, object], key: str, path: str) -> object:
+    if key not in obj or obj[key] is None:
+        raise BadPayload(f"{path}: missing")
+    return obj[key]
+
+
+def _string(obj: Mapping[str, object], key: str, path: str, *, allow_empty: bool = False) -> str:
+    value = _field(obj, key, path)
+    if not isinstance(value, str):
+        raise BadPayload(f"{path}: not a string")
+    if not value and not allow_empty:
+        raise BadPayload(f"{path}: empty")
+    return value
+
+
+def _positive_int(obj: Mapping[str, object], key: str, path: str) -> int:
+    value = _field(obj, key, path)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadPayload(f"{path}: not an integer")
+    if not 0 < value < _MAX_NUMBER:
+        raise BadPayload(f"{path}: out of range")
+    return value
+
+
+def _optional_bool(obj: Mapping[str, object], key: str, path: str) -> bool:
+    value = obj.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadPayload(f"{path}: not a boolean")
+    return value
+
+
+def _project_path(obj: Mapping[str, object], path: str) -> str:
+    value = _string(obj, "path_with_namespace", path)
+    if len(value) > _MAX_PATH or not _PROJECT_PATH.fullmatch(value):
+        raise BadPayload(f"{path}: not 'group/project'")
+    return value
+
+
+def _ref(obj: Mapping[str, object], key: str, path: str) -> str:
+    value = _string(obj, key, path)
+    if len(value) > _MAX_REF or _CONTROL.search(value):
+        raise BadPayload(f"{path}: not a branch name")
+    return value
+
+
+class GitLabWebhook:
+    """The GitLab side of the webhook route (``POST /webhooks/gitlab``)."""
+
+    name = "gitlab"
+
+    def verify(self, *, headers: Mapping[str, str], body: bytes, secrets: Sequence[SecretStr]) -> None:
+        verify_token(token=_header(headers, TOKEN_HEADER), secrets=secrets)
+
+    def identify(self, *, headers: Mapping[str, str], body: bytes) -> tuple[str, str]:
+        event = (_header(headers, EVENT_HEADER) or "").strip()
+        if not event:
+            raise BadPayload(f"missing {EVENT_HEADER} header")
+        return event, delivery_id(headers=headers, body=body)
+
+    def is_ping(self, event: str) -> bool:
+        return False  # GitLab's "Test" button sends an ordinary event (see the module docstring)
+
+    def parse(
+        self, *, event: str, delivery_id: str, payload: object, received_at: datetime
+    ) -> PullRequestEvent | CommentEvent | Ignored:
+        return parse_delivery(event=event, delivery_id=delivery_id, payload=payload, received_at=received_at)
+
+
+# ------------------------------------------------------------------------------------------------ API
+
+
+class _Gitlab(gitlab.Gitlab):
+    """python-gitlab, with every retry off: on 429 it would otherwise sleep ``Retry-After`` in the
+    feedback thread. The outbox retries, with backoff, honouring the delay :class:`ProviderError` carries."""
+
+    def http_request(self, verb: str, path: str, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs.update(obey_rate_limit=False, retry_transient_errors=False, max_retries=0)
+        return super().http_request(verb, path, *args, **kwargs)
+
+
+_STOPPED_STATES = frozenset({"stopped", "stopping"})
+# GitLab access levels (Owner 50, Maintainer 40, Developer 30, Reporter 20, Planner 15, Guest 10) in the
+# vocabulary of GitHub's repository permissions, which comment commands check.
+_ROLES = ((50, "admin"), (40, "maintain"), (30, "write"), (20, "triage"), (10, "read"))
+
+
+class GitLabClient:
+    """Feedback calls through python-gitlab against ``url`` (gitlab.com or a self-managed instance).
+
+    Nothing here retries or sleeps: failures become :class:`ProviderError` (5xx, network, 429 and
+    rate-limited 403, with ``delay`` from ``Retry-After`` / ``RateLimit-Reset``) or
+    :class:`ProviderRejected` (401, 403, 404, 400/422 ...: do not retry). The token never appears in
+    an error message.
+    """
+
+    def __init__(self, *, url: str, token: SecretStr, timeout: float = 10.0, ssl_verify: bool | str = True) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError("providers.gitlab.url: not an http(s) URL")
+        if not token.get_secret_value():
+            raise ConfigError("providers.gitlab.token: empty")
+        self._token = token
+        self._local = threading.local()  # the headers of the last failed response, per thread
+        self._username: str | None = None
+        self._username_looked_up = False
+        session = requests.Session()
+        session.hooks["response"].append(self._remember_failure)
+        self._gitlab = _Gitlab(
+            url.rstrip("/"),
+            private_token=token.get_secret_value(),
+            retry_transient_errors=False,
+            timeout=timeout,
+            ssl_verify=ssl_verify,
+            per_page=100,
+            user_agent="devstack",
+            keep_base_url=True,  # behind a proxy GitLab may print another base in pagination links
+            session=session,
+        )
+
+    # -- the sticky note
+
+    def upsert_comment(
+        self, *, repo: str, number: int, body: str, marker: str, comment_id: int | None = None
+    ) -> int:
+        """Create or edit the MR's sticky note (the one containing ``marker``); return its id.
+
+        With ``comment_id``, that note is read and edited only when its body differs. A note that is
+        gone (404) is looked up again by ``marker`` among the MR's notes (all pages).
+        """
+        if not marker or marker not in body:
+            raise ValueError("the comment body must contain the marker")
+        with self._calls(f"sticky note on {repo}!{number}"):
+            mr = self._project(repo).mergerequests.get(number, lazy=True)
+            note = self._note_by_id(mr, number=number, comment_id=comment_id)
+            if note is None:
+                note = self._note_by_marker(mr, marker=marker)
+            if note is None:
+                created = mr.notes.create({"body": body})
+                logger.info("created the devstack note %s on %s!%s", created.id, repo, number)
+                return int(created.id)
+            if note.body != body:
+                note.body = body
+                note.save()
+                logger.info("edited the devstack note %s on %s!%s", note.id, repo, number)
+            else:
+                logger.debug("the devstack note %s on %s!%s is current", note.id, repo, number)
+            return int(note.id)
+
+    def _note_by_id(
+        self, mr: ProjectMergeRequest, *, number: int, comment_id: int | None
+    ) -> ProjectMergeRequestNote | None:
+        if comment_id is None:
+            return None
+        try:
+            note = mr.notes.get(comment_id)
+        except gitlab.exceptions.GitlabGetError as exc:
+            if exc.response_code != 404:
+                raise
+            logger.info("note %s is gone; looking for the devstack note on !%s", comment_id, number)
+            return None
+        noteable_iid = getattr(note, "noteable_iid", None)
+        if noteable_iid is not None and noteable_iid != number:
+            logger.warning("note %s is not on !%s; looking for the devstack note", comment_id, number)
+            return None
+        return note
+
+    def _note_by_marker(self, mr: ProjectMergeRequest, *, marker: str) -> ProjectMergeRequestNote | None:
+        found = [
+            note
+            for note in mr.notes.list(iterator=True, sort="asc", order_by="created_at")
+            if not getattr(note, "system", False) and marker in (getattr(note, "body", None) or "")
+        ]
+        if len(found) > 1:
+            # Someone quoted or copied the marker: prefer the note this token wrote.
+            username = self._token_username()
+            for note in found:
+                author = getattr(note, "author", None) or {}
+                if username is not None and author.get("username") == username:
+                    return note
+        return found[0] if found else None
+
+    def _token_username(self) -> str | None:
+        """The token's own user, looked up once (``None`` where it may not read ``/user``)."""
+        if not self._username_looked_up:
+            self._username_looked_up = True
+            try:
+                self._gitlab.auth()
+            except gitlab.exceptions.GitlabError as exc:
+                logger.info("cannot read the token's user (HTTP %s); taking the first marked note", exc.response_code)
+            else:
+                user = self._gitlab.user
+                self._username = getattr(user, "username", None) if user is not None else None
+        return self._username
+
+    # -- environments
+
+    def deploy(self, *, repo: str, sha: str, environment: str, url: str, description: str) -> int:
+        """Make ``environment`` (``preview/<feature>``) exist, available, with ``external_url`` = ``url``.
+
+        GitLab has no API to make a stopped environment available again (only a deployment does), so a
+        stopped one is deleted and created anew. Returns the environment id.
+        """
+        with self._calls(f"environment {environment} of {repo}"):
+            project = self._project(repo)
+            current = self._environment(project, environment)
+            if current is not None and current.state in _STOPPED_STATES:
+                try:
+                    current.delete()
+                except gitlab.exceptions.GitlabDeleteError as exc:
+                    if exc.response_code != 403:
+                        raise
+                    logger.warning("may not delete the stopped environment %s of %s; updating it", environment, repo)
+                else:
+                    logger.info("deleted the stopped environment %s of %s to start it again", environment, repo)
+                    current = None
+            if current is None:
+                created = project.environments.create({"name": environment, "external_url": url})
+                logger.info("environment %s of %s (%s) is live at %s: %s", environment, repo, created.id, url,
+                            sha[:12])
+                return int(created.id)
+            if getattr(current, "external_url", None) != url:
+                current.external_url = url
+                current.save()
+                logger.info("environment %s of %s now points at %s: %s", environment, repo, url, sha[:12])
+            return int(current.id)
+
+    def deactivate(self, *, repo: str, environment: str) -> int:
+        """Stop ``environment`` (every environment of that exact name); return how many were stopped."""
+        changed = 0
+        with self._calls(f"stopping {environment} of {repo}"):
+            for current in self._environments(self._project(repo), environment):
+                if current.state in _STOPPED_STATES:
+                    continue
+                current.stop()
+                changed += 1
+        logger.info("stopped %d environment(s) %s of %s", changed, environment, repo)
+        return changed
+
+    def _environments(self, project: Project, name: str) -> list[ProjectEnvironment]:
+        return [env for env in project.environments.list(name=name, iterator=True) if env.name == name]
+
+    def _environment(self, project: Project, name: str) -> ProjectEnvironment | None:
+        found = self._environments(project, name)
+        available = [env for env in found if env.state not in _STOPPED_STATES]
+        return next(iter(available or found), None)
+
+    # -- comment commands and resync
+
+    def reply(self, *, repo: str, number: int, body: str) -> int:
+        """Post a new (non-sticky) note on the MR: answers to comment commands."""
+        with self._calls(f"reply on {repo}!{number}"):
+            mr = self._project(repo).mergerequests.get(number, lazy=True)
+            return int(mr.notes.create({"body": body}).id)
+
+    def permission(self, *, repo: str, user: str) -> str:
+        """``user``'s role on ``repo`` (inherited from groups too) in GitHub's words: Owner ``admin``,
+        Maintainer ``maintain``, Developer ``write``, Reporter ``triage``, Guest and Planner ``read``,
+        else ``none`` (not a member, blocked, awaiting, no such user)."""
+        with self._calls(f"permission of {user[:100]} on {repo}"):
+            project = self._project(repo)
+            users = [u for u in self._gitlab.users.list(username=user, iterator=True) if u.username == user]
+            if not users:
+                return "none"
+            try:
+                member = project.members_all.get(users[0].id)
+            except gitlab.exceptions.GitlabGetError as exc:
+                if exc.response_code != 404:
+                    raise
+                return "none"
+        if getattr(member, "state", "active") != "active":
+            return "none"
+        level = getattr(member, "access_level", 0)
+        return next((name for floor, name in _ROLES if isinstance(level, int) and level >= floor), "none")
+
+    def set_labels(self, *, repo: str, number: int, add: Sequence[str], remove: Sequence[str]) -> None:
+        """Add and remove MR labels in one update (GitLab ignores removing a label the MR lacks)."""
+        if not add and not remove:
+            return
+        if any("," in name for name in (*add, *remove)):
+            raise ProviderRejected("GitLab label names cannot contain ','")
+        data = {key: ",".join(names) for key, names in (("add_labels", add), ("remove_labels", remove)) if names}
+        with self._calls(f"labels of {repo}!{number}"):
+            self._project(repo).mergerequests.update(number, data)
+
+    def pull_request(self, *, repo: str, number: int) -> PullRequestEvent:
+        """The MR's current state, translated like a webhook payload."""
+        with self._calls(f"reading {repo}!{number}"):
+            raw = self._project(repo).mergerequests.get(number).asdict()
+        return merge_request_from_api(raw, repo=repo)
+
+    def open_pull_requests(self, *, repo: str) -> list[PullRequestEvent]:
+        """Every open MR of ``repo`` (for resync); one GitLab cannot describe is skipped, with a warning."""
+        with self._calls(f"listing open merge requests of {repo}"):
+            raws = [mr.asdict() for mr in self._project(repo).mergerequests.list(state="opened", iterator=True)]
+        events = []
+        for raw in raws:
+            try:
+                events.append(merge_request_from_api(raw, repo=repo))
+            except ProviderRejected as exc:
+                logger.warning("skipping an open merge request of %s: %s", repo, exc)
+        return events
+
+    # -- plumbing
+
+    def _project(self, repo: str) -> Project:
+        if len(repo) > _MAX_PATH or not _PROJECT_PATH.fullmatch(repo):
+            raise ProviderRejected(f"not a GitLab project path: {repo[:100]!r}")
+        return self._gitlab.projects.get(repo, lazy=True)  # /projects/group%2Fsub%2Fproject/...
+
+    def _remember_failure(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        """A requests response hook: python-gitlab's errors do not carry the response headers."""
+        if response.status_code >= 400:
+            self._local.headers = {key.lower(): value for key, value in response.headers.items()}
+
+    @contextmanager
+    def _calls(self, what: str) -> Iterator[None]:
+        """Translate python-gitlab and network failures into devstack's temporary/permanent errors."""
+        self._local.headers = {}
+        token = self._token.get_secret_value()
+        try:
+            yield
+        except gitlab.exceptions.RedirectError as exc:
+            raise ProviderRejected(
+                f"GitLab {what}: redirected; set providers.gitlab.url to the final URL (https?)"
+            ) from exc
+        except gitlab.exceptions.GitlabError as exc:
+            headers: dict[str, str] = getattr(self._local, "headers", {})
+            raise _translate(exc, what=what, token=token, headers=headers, now=time.time()) from exc
+        except requests.RequestException as exc:
+            detail = _scrub(str(exc), token)[:300]
+            raise ProviderError(f"GitLab {what}: {type(exc).__name__}: {detail}") from exc
+
+
+def merge_request_from_api(raw: Mapping[str, Any], *, repo: str) -> PullRequestEvent:
+    """An MR object of the REST API (``GET /projects/:id/merge_requests/:iid``), translated as its
+    webhook would be; :class:`ProviderRejected` when it lacks what an entry needs (e.g. no commit)."""
+    commit = {"id": raw["sha"]} if raw.get("sha") is not None else None
+    shaped = {
+        "iid": raw.get("iid"), "url": raw.get("web_url"), "title": raw.get("title"), "state": raw.get("state"),
+        "last_commit": commit, "source_branch": raw.get("source_branch"), "target_branch": raw.get("target_branch"),
+        "source_project_id": raw.get("source_project_id"), "target_project_id": raw.get("target_project_id"),
+        "draft": raw.get("draft"), "work_in_progress": raw.get("work_in_progress"),
+    }
+    author = raw.get("author")
+    username = author.get("username") if isinstance(author, Mapping) else None
+    try:
+        labels = tuple(_api_label(label) for label in raw.get("labels") or ())
+        state = _MergeRequest.read(shaped, path="merge_request", labels=labels)
+    except BadPayload as exc:
+        raise ProviderRejected(f"cannot read {repo}!{raw.get('iid')}: {exc}") from None
+    return state.event(
+        delivery_id=f"api:{repo}!{state.number}", action="edited", repo=repo,
+        author=username if isinstance(username, str) else "", received_at=datetime.now(UTC),
+    )
+
+
+def _api_label(label: object) -> str:
+    """Labels are names, or objects with ``name`` when listed ``with_labels_details``."""
+    if isinstance(label, Mapping):
+        label = label.get("name")
+    if not isinstance(label, str):
+        raise BadPayload("merge_request.labels: not a list of names")
+    return label
+
+
+def _translate(
+    exc: gitlab.exceptions.GitlabError, *, what: str, token: str, headers: Mapping[str, str], now: float
+) -> ProviderError | ProviderRejected:
+    status = exc.response_code
+    message = _scrub(str(exc.error_message)[:300], token)
+    if status is None:  # e.g. a 2xx answer that is not JSON: a proxy in the way, probably passing
+        return ProviderError(f"GitLab {what}: {type(exc).__name__}: {message}")
+    text = f"GitLab {what}: HTTP {status}" + (f": {message}" if message else "")
+    retry_after = _retry_after(headers.get("retry-after"), now=now)
+    reset = _epoch(headers.get("ratelimit-reset"))
+    until_reset = None if reset is None else max(0.0, reset - now)
+    if status >= 500:
+        return ProviderError(text, delay=retry_after)
+    if status == 429:
+        return ProviderError(text, delay=retry_after if retry_after is not None else until_reset)
+    if status == 403 and (headers.get("ratelimit-remaining") == "0" or retry_after is not None):
+        return ProviderError(text, delay=retry_after if retry_after is not None else until_reset)
+    return ProviderRejected(text)
+
+
+def _retry_after(value: str | None, *, now: float) -> float | None:
+    """``Retry-After``: delay-seconds or an HTTP date."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _epoch(value: str | None) -> float | None:
+    if value is None or not value.strip().isdigit():
+        return None
+    return float(value.strip())
+
+
+def _scrub(text: str, token: str) -> str:
+    return text.replace(token, "***") if token else text
