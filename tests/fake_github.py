@@ -25,6 +25,8 @@ class FakeGitHub:
     comments: dict[int, dict[str, Any]] = field(default_factory=dict)  # id -> comment (with "issue")
     deployments: dict[int, dict[str, Any]] = field(default_factory=dict)
     statuses: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    pulls: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)  # (repo, number) -> PR object
+    permissions: dict[str, str] = field(default_factory=dict)  # login -> admin / write / read / ...
     calls: list[Call] = field(default_factory=list)
     fail_next: list[tuple[int, dict[str, str]]] = field(default_factory=list)  # (status, headers) to answer
     _next_id: int = 1000
@@ -67,6 +69,14 @@ class FakeGitHub:
         rsps.add_callback(responses.GET, re.compile(base + r"/repos/([^/]+/[^/]+)/deployments/(\d+)/statuses.*"),
                           callback=self._list_statuses)
         rsps.add_callback(responses.GET, re.compile(base + r"/user$"), callback=self._user)
+        rsps.add_callback(responses.GET, re.compile(base + r"/repos/([^/]+/[^/]+)/pulls(\?.*)?$"),
+                          callback=self._list_pulls)
+        rsps.add_callback(responses.GET, re.compile(base + r"/repos/([^/]+/[^/]+)/collaborators/([^/]+)/permission$"),
+                          callback=self._permission)
+        rsps.add_callback(responses.POST, re.compile(base + r"/repos/([^/]+/[^/]+)/issues/(\d+)/labels$"),
+                          callback=self._add_labels)
+        rsps.add_callback(responses.DELETE, re.compile(base + r"/repos/([^/]+/[^/]+)/issues/(\d+)/labels/(.+)$"),
+                          callback=self._remove_label)
 
     # --- plumbing --------------------------------------------------------------------------------
 
@@ -104,11 +114,68 @@ class FakeGitHub:
         return failed or self._json(200, {"id": 1, "full_name": repo, "name": repo.split("/")[1],
                                           "url": self._url(f"/repos/{repo}")})
 
+    def add_pull(self, pull_request: dict[str, Any]) -> None:
+        """Make a PR known (the ``pull_request`` object of a webhook payload)."""
+        repo = pull_request["base"]["repo"]["full_name"]
+        pull_request["url"] = self._url(f"/repos/{repo}/pulls/{pull_request['number']}")
+        self.pulls[(repo, pull_request["number"])] = pull_request
+
+    def labels(self, repo: str, number: int) -> list[str]:
+        return [label["name"] for label in self.pulls[(repo, number)]["labels"]]
+
     def _issue(self, request: Any) -> tuple[int, dict[str, str], str]:
         _, _, failed = self._record(request)
         repo, number = self._groups(request, r"/repos/([^/]+/[^/]+)/(?:issues|pulls)/(\d+)$")
-        return failed or self._json(200, {"id": int(number), "number": int(number), "state": "open",
-                                          "url": self._url(f"/repos/{repo}/issues/{number}")})
+        if failed:
+            return failed
+        pull = self.pulls.get((repo, int(number)))
+        if "/pulls/" in urlparse(request.url).path and pull is not None:
+            return self._json(200, pull)
+        return self._json(200, {"id": int(number), "number": int(number), "state": "open",
+                                "labels": pull["labels"] if pull else [],
+                                "url": self._url(f"/repos/{repo}/issues/{number}")})
+
+    def _list_pulls(self, request: Any) -> tuple[int, dict[str, str], str]:
+        _, _, failed = self._record(request)
+        (repo,) = self._groups(request, r"/repos/([^/]+/[^/]+)/pulls")
+        page = int(parse_qs(urlparse(request.url).query).get("page", ["1"])[0])
+        items = [p for (r, _), p in sorted(self.pulls.items()) if r == repo and p["state"] == "open"]
+        return failed or self._json(200, items if page == 1 else [])
+
+    def _permission(self, request: Any) -> tuple[int, dict[str, str], str]:
+        _, _, failed = self._record(request)
+        _, user = self._groups(request, r"/repos/([^/]+/[^/]+)/collaborators/([^/]+)/permission$")
+        if failed:
+            return failed
+        if user not in self.permissions:
+            return self._json(404, {"message": "Not Found"})
+        return self._json(200, {"permission": self.permissions[user], "user": {"login": user}})
+
+    def _add_labels(self, request: Any) -> tuple[int, dict[str, str], str]:
+        _, body, failed = self._record(request)
+        repo, number = self._groups(request, r"/repos/([^/]+/[^/]+)/issues/(\d+)/labels$")
+        if failed:
+            return failed
+        pull = self.pulls[(repo, int(number))]
+        names = body["labels"] if isinstance(body, dict) else body
+        for name in names:
+            if name not in self.labels(repo, int(number)):
+                pull["labels"].append({"id": self._id(), "name": name, "color": "ededed"})
+        return self._json(200, pull["labels"])
+
+    def _remove_label(self, request: Any) -> tuple[int, dict[str, str], str]:
+        _, _, failed = self._record(request)
+        repo, number, name = self._groups(request, r"/repos/([^/]+/[^/]+)/issues/(\d+)/labels/(.+)$")
+        if failed:
+            return failed
+        from urllib.parse import unquote
+
+        pull = self.pulls[(repo, int(number))]
+        before = len(pull["labels"])
+        pull["labels"] = [label for label in pull["labels"] if label["name"] != unquote(name)]
+        if len(pull["labels"]) == before:
+            return self._json(404, {"message": "Label does not exist"})
+        return self._json(200, pull["labels"])
 
     def _comment_json(self, comment: dict[str, Any]) -> dict[str, Any]:
         repo, number = comment["issue"]

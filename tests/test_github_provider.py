@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from responses import matchers
 
 from devstack.errors import BadPayload, ProviderError, ProviderRejected, Unauthorized
-from devstack.events import Provider, PullRequestEvent, PullRequestState
+from devstack.events import CommentEvent, Provider, PullRequestEvent, PullRequestState
 from devstack.providers import github as gh
 
 FIXTURES = Path(__file__).parent / "fixtures" / "github"
@@ -209,7 +209,6 @@ def test_labels_are_optional() -> None:
         ("pull_request", "review_requested"),
         ("pull_request", "auto_merge_enabled"),
         ("push", None),
-        ("issue_comment", "created"),
         ("pull_request_review", "submitted"),
         ("check_suite", "completed"),
     ],
@@ -348,6 +347,14 @@ def test_recorded_delivery(entry: dict[str, Any]) -> None:
     payload = json.loads(raw)
     event_header = entry["x_github_event_header"]
     result = gh.parse_delivery(event=event_header, delivery_id="rec-1", payload=payload, received_at=RECEIVED)
+    if event_header == "issue_comment" and "pull_request" in payload["issue"]:
+        assert isinstance(result, CommentEvent), result
+        assert (result.repo, result.number) == (payload["repository"]["full_name"], payload["issue"]["number"])
+        assert (result.comment_id, result.body) == (payload["comment"]["id"], payload["comment"]["body"])
+        assert result.author == payload["comment"]["user"]["login"]
+        assert result.author_is_bot is (payload["comment"]["user"].get("type") == "Bot")
+        assert result.action == payload["action"]
+        return
     if event_header != "pull_request" or payload.get("action") not in gh.PULL_REQUEST_ACTIONS:
         assert isinstance(result, gh.Ignored), result
         return

@@ -7,6 +7,7 @@ Typed errors become HTTP status codes here and nowhere else.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -14,18 +15,21 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from devstack import __version__
 from devstack.catalog import Settings
+from devstack.commands import cli_command
 from devstack.errors import BadPayload, PayloadTooLarge, Unauthorized, WebhookError
+from devstack.events import CommentEvent
 from devstack.journal import Delivery
 from devstack.log import bind
 from devstack.planner import NEVER
-from devstack.providers import Ignored, WebhookProvider, github
-from devstack.runtime import Runtime, webhook_secrets
+from devstack.providers import Ignored, WebhookProvider, github, gitlab
+from devstack.runtime import Runtime, api_tokens, webhook_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +49,7 @@ def create_app(
         runtime = runtime_factory(settings)
         app.state.runtime = runtime
         app.state.webhook_secrets = {p.name: webhook_secrets(settings, p.name) for p in webhook_providers()}
+        app.state.api_tokens = api_tokens(settings)
         if run_workers:
             runtime.start()
         try:
@@ -116,11 +121,71 @@ def create_app(
             for i in items
         ]
 
+    def authorized(request: Request) -> None:
+        """Mutating API calls need ``Authorization: Bearer <token>`` (one of ``security.api_tokens``)."""
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        tokens = request.app.state.api_tokens
+        if scheme.lower() != "bearer" or not any(
+            hmac.compare_digest(given.strip().encode(), t.get_secret_value().encode()) for t in tokens
+        ):
+            raise Unauthorized("a valid API token is required: Authorization: Bearer <token>")
+
+    @app.post("/api/commands", status_code=202, dependencies=[Depends(authorized)])
+    async def commands(request: Request, body: CommandRequest) -> JSONResponse:
+        """``devstack up | down | set | restart`` against this server: journaled like a webhook."""
+        runtime: Runtime = request.app.state.runtime
+        try:
+            command = cli_command(op=body.op, feature=body.feature, catalog=settings, services=body.services,
+                                  env=body.env, ttl=body.ttl, actor=body.actor or "api")
+        except ValueError as exc:
+            raise BadPayload(str(exc)) from None
+        await run_in_threadpool(runtime.journal.record, delivery_id=command.delivery_id, provider="devstack",
+                                event=f"command:{command.op}", pr=command.key, payload=command.to_json())
+        return JSONResponse({"status": "queued", "delivery": command.delivery_id, "feature": command.feature},
+                            status_code=202)
+
+    @app.get("/api/deliveries/{delivery_id:path}")
+    async def delivery(request: Request, delivery_id: str) -> JSONResponse:
+        runtime: Runtime = request.app.state.runtime
+        row = await run_in_threadpool(runtime.journal.get, delivery_id)
+        if row is None:
+            return JSONResponse({"error": "no such delivery"}, status_code=404)
+        return JSONResponse(_delivery_view(row))
+
+    @app.post("/api/reap", dependencies=[Depends(authorized)])
+    async def reap(request: Request, dry_run: bool = False) -> dict[str, Any]:
+        runtime: Runtime = request.app.state.runtime
+        summary = await run_in_threadpool(runtime.reaper.run_once, dry_run=dry_run)
+        return {"summary": summary.format(), "expired": summary.expired, "warned": summary.warned}
+
+    @app.post("/api/resync", dependencies=[Depends(authorized)])
+    async def resync(request: Request, dry_run: bool = False) -> dict[str, Any]:
+        runtime: Runtime = request.app.state.runtime
+        summary = await run_in_threadpool(runtime.resyncer.run_once, dry_run=dry_run)
+        return {"summary": summary.format(), "healed": summary.healed, "pruned": summary.pruned,
+                "failed": summary.failed}
+
+    @app.post("/api/redrive", dependencies=[Depends(authorized)])
+    async def redrive(request: Request) -> dict[str, int]:
+        runtime: Runtime = request.app.state.runtime
+        return {"redriven": await run_in_threadpool(runtime.journal.redrive)}
+
     return app
 
 
+class CommandRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    op: str
+    feature: str = Field(..., max_length=300)
+    services: list[str] = Field(default_factory=list, max_length=100)
+    env: dict[str, str] = Field(default_factory=dict)
+    ttl: str | None = None
+    actor: str = Field("", max_length=100)
+
+
 def webhook_providers() -> list[WebhookProvider]:
-    return [github.GitHubWebhook()]
+    return [github.GitHubWebhook(), gitlab.GitLabWebhook()]
 
 
 async def _receive(request: Request, *, provider: WebhookProvider, settings: Settings) -> JSONResponse:
@@ -154,7 +219,7 @@ async def _receive(request: Request, *, provider: WebhookProvider, settings: Set
                 return JSONResponse({"status": "ignored", "reason": "repository not allowed", "delivery": delivery_id})
             new = await run_in_threadpool(
                 journal.record, delivery_id=delivery_id, provider=provider.name, event=event_name, pr=result.key,
-                payload=result.to_json(),
+                payload=result.to_json(), queue="comments" if isinstance(result, CommentEvent) else "git",
             )
             if not new:
                 logger.info("duplicate delivery; already recorded")

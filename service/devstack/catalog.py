@@ -127,6 +127,10 @@ class SecuritySettings(_Model):
     )
     allow_forks: bool = False
     max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    api_tokens: list[SecretStr] = Field(
+        default_factory=list,
+        description="bearer tokens for the mutating API (CLI against a server); none: one is generated in state_dir",
+    )
 
 
 class GitHubSettings(_Model):
@@ -207,6 +211,8 @@ class Settings(BaseSettings):
     routing: RoutingSettings = RoutingSettings()
     ttl: TTLSettings = TTLSettings()
     trigger: Literal["all", "label"] = "all"
+    resync_interval: Duration = timedelta(minutes=10)
+    reap_interval: Duration = timedelta(minutes=1)
     deploy_drafts: bool = False
     labels: LabelSettings = LabelSettings()
     security: SecuritySettings = SecuritySettings()

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import hashlib
 import hmac
 import json
 import logging
+import os
 import sys
 import tempfile
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -20,6 +24,10 @@ from devstack import __version__
 from devstack import log as devstack_log
 from devstack.catalog import Settings, load_settings
 from devstack.errors import ConfigError, DevstackError
+
+if TYPE_CHECKING:
+    from devstack.runtime import Runtime
+    from devstack.worker import BatchResult
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +37,8 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    devstack_log.setup(level=args.log_level, fmt=args.log_format)
+    devstack_log.setup(level=args.log_level or ("INFO" if args.command == "serve" else "WARNING"),
+                       fmt=args.log_format)
     try:
         code: int = args.func(args)
     except ConfigError as exc:
@@ -44,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="devstack", description="Preview environments per pull request.")
     parser.add_argument("--version", action="version", version=f"devstack {__version__}")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="default: INFO for serve, WARNING for the other commands")
     parser.add_argument("--log-format", default="text", choices=["text", "json"])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -71,8 +81,42 @@ def build_parser() -> argparse.ArgumentParser:
     _config_argument(replay)
     replay.set_defaults(func=cmd_replay)
 
+    for op, help_text in (("up", "create or extend a preview without a PR"), ("down", "remove a preview"),
+                          ("set", "set environment variables of a service in a preview"),
+                          ("restart", "restart a service of a preview (a rollout)")):
+        cmd = commands.add_parser(op, help=help_text)
+        cmd.add_argument("feature", help="the preview's feature name")
+        if op == "up":
+            cmd.add_argument("--with", dest="services", action="append", default=[], metavar="SERVICE[@TAG]",
+                             required=True, help="a catalog service, at a tag (default: its base_tag); repeatable")
+            cmd.add_argument("--ttl", help="how long it lives: 30m, 12h, 3d, forever (where allowed)")
+        elif op in ("set", "restart"):
+            cmd.add_argument("service", help="the service")
+        if op == "set":
+            cmd.add_argument("pairs", nargs="+", metavar="KEY=VALUE", help="environment variables")
+        _target_arguments(cmd)
+        cmd.set_defaults(func=cmd_change, op=op)
+
+    for name, help_text in (("reap", "one TTL pass: remove expired previews, warn those expiring soon"),
+                            ("resync", "heal the previews from the providers' open pull requests")):
+        cmd = commands.add_parser(name, help=help_text)
+        cmd.add_argument("--dry-run", action="store_true", help="only say what would happen")
+        _target_arguments(cmd)
+        cmd.set_defaults(func=cmd_pass, task=name)
+
+    redrive = commands.add_parser("redrive", help="put every dead letter back in the queue")
+    _target_arguments(redrive)
+    redrive.set_defaults(func=cmd_redrive)
+
     _optional_commands(commands)
     return parser
+
+
+def _target_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where a change goes: a running server (``--url``), or straight to the GitOps repo (default)."""
+    _config_argument(parser)
+    parser.add_argument("--url", help="send it to a running devstack instead of writing the GitOps repo directly")
+    parser.add_argument("--token", help="API token for --url (default: $DEVSTACK_API_TOKEN, else the generated one)")
 
 
 def _optional_commands(commands: Any) -> None:
@@ -137,6 +181,133 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 1
     print(f"{response.status_code} {response.text}")
     return 0 if response.ok else 1
+
+
+def cmd_change(args: argparse.Namespace) -> int:
+    """``up | down | set | restart``: one Command, through the journal and the planner like any event."""
+    settings = load_settings(args.config)
+    env: dict[str, str] = {}
+    for pair in getattr(args, "pairs", []):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"{pair[:40]!r} is not KEY=VALUE")
+        env[key] = value
+    services = getattr(args, "services", None) or ([args.service] if getattr(args, "service", None) else [])
+    request = {"op": args.op, "feature": args.feature, "services": services, "env": env,
+               "ttl": getattr(args, "ttl", None), "actor": f"cli:{getpass.getuser()}"}
+    if args.url:
+        response = _api(args, settings, "post", "/api/commands", json=request)
+        delivery = response.json()["delivery"]
+        outcome = _wait_for(args, settings, delivery)
+        print(f"{response.json()['feature']}: {outcome}")
+        return 0 if not outcome.startswith(("dead", "ignored")) else 1
+    from devstack.commands import cli_command
+
+    try:
+        command = cli_command(catalog=settings, **{k: v for k, v in request.items() if k != "actor"},
+                              actor=str(request["actor"]))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    with _local_runtime(settings) as runtime:
+        runtime.journal.record(delivery_id=command.delivery_id, provider="devstack", event=f"command:{command.op}",
+                               pr=command.key, payload=command.to_json())
+        results = _drain(runtime)
+        row = runtime.journal.get(command.delivery_id)
+    outcome = row.outcome if row else "unknown"
+    commits = [r.commit for r in results if r.commit]
+    print(f"{command.feature}: {outcome}" + (f" (commit {commits[-1][:12]})" if commits else " (nothing changed)"))
+    return 0 if outcome.startswith("applied") else 1
+
+
+def cmd_pass(args: argparse.Namespace) -> int:
+    """``reap`` / ``resync``: one pass, with a summary; applied through the journal unless --dry-run."""
+    settings = load_settings(args.config)
+    if args.url:
+        response = _api(args, settings, "post", f"/api/{args.task}", params={"dry_run": str(args.dry_run).lower()})
+        print(response.json()["summary"])
+        return 0
+    with _local_runtime(settings) as runtime:
+        task = runtime.reaper if args.task == "reap" else runtime.resyncer
+        summary = task.run_once(dry_run=args.dry_run)
+        print(summary.format())
+        if not args.dry_run:
+            for result in _drain(runtime):
+                if result.commit:
+                    print(f"commit {result.commit[:12]}: {', '.join(result.changed)}")
+    return 0
+
+
+def cmd_redrive(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    if args.url:
+        count = _api(args, settings, "post", "/api/redrive").json()["redriven"]
+    else:
+        from devstack.journal import Journal
+
+        journal = Journal(settings.journal_path)
+        try:
+            count = journal.redrive()
+        finally:
+            journal.close()
+    print(f"{count} dead letter(s) back in the queue")
+    return 0
+
+
+@contextmanager
+def _local_runtime(settings: Settings) -> Iterator[Runtime]:
+    """The journal of ``state_dir`` and a clone of its own (a running server keeps its clone)."""
+    from devstack.runtime import Runtime
+
+    with tempfile.TemporaryDirectory(prefix="devstack-cli-") as tmp:
+        runtime = Runtime.build(settings, clone_path=Path(tmp) / "clone")
+        try:
+            runtime.worker.start()
+            yield runtime
+        finally:
+            runtime.close()
+
+
+def _drain(runtime: Runtime) -> list[BatchResult]:
+    results = []
+    while (result := runtime.worker.run_once()) is not None:
+        results.append(result)
+        if result.error:
+            raise DevstackError(f"the GitOps repo could not be written: {result.error}")
+    runtime.sender.run_once()
+    return results
+
+
+def _api(args: argparse.Namespace, settings: Settings, method: str, path: str, **kwargs: Any) -> requests.Response:
+    token = args.token or os.environ.get("DEVSTACK_API_TOKEN") or _generated_token(settings)
+    try:
+        response = requests.request(method, args.url.rstrip("/") + path, timeout=30,
+                                    headers={"Authorization": f"Bearer {token}"}, **kwargs)
+    except requests.RequestException as exc:
+        raise DevstackError(f"cannot reach {args.url}: {exc}") from None
+    if not response.ok:
+        raise DevstackError(f"{args.url}{path}: {response.status_code} {response.text[:500]}")
+    return response
+
+
+def _generated_token(settings: Settings) -> str:
+    if settings.security.api_tokens:
+        return settings.security.api_tokens[0].get_secret_value()
+    path = settings.state_dir / "api-token"
+    if not path.exists():
+        raise ConfigError(
+            f"no API token: pass --token, set DEVSTACK_API_TOKEN, or run where the server's state_dir is ({path})"
+        )
+    return path.read_text(encoding="utf-8").strip()
+
+
+def _wait_for(args: argparse.Namespace, settings: Settings, delivery: str, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = _api(args, settings, "get", f"/api/deliveries/{delivery}").json()
+        if row["status"] != "pending":
+            return f"{row['status']}: {row['outcome'] or row['error']}" if row["status"] != "done" else row["outcome"]
+        time.sleep(0.2)
+    return "still pending (the server will apply it)"
 
 
 def _default_secret(config: Path | None) -> str:

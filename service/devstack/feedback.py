@@ -132,6 +132,9 @@ class FeedbackClient(Protocol):
     def deactivate(self, *, repo: str, environment: str) -> int:
         ...
 
+    def reply(self, *, repo: str, number: int, body: str) -> int:
+        ...
+
 
 class FeedbackSender:
     """Drains the outbox: one comment upsert (and deployment update) per PR with pending feedback."""
@@ -150,14 +153,19 @@ class FeedbackSender:
         return len(items)
 
     def _send(self, item: OutboxItem) -> None:
-        feedback = feedback_from_dict(item.payload)
-        body = render_comment(feedback)
         client = self._clients.get(item.provider)
+        reply = item.payload.get("kind") == "reply"
+        feedback = None if reply else feedback_from_dict(item.payload)
+        body = render_comment(feedback) if feedback is not None else str(item.payload["body"])
         if client is None:
             self._journal.feedback_sent(item, body=body, status="recorded")
             logger.info("feedback recorded locally (no %s token configured)", item.provider)
             return
         try:
+            if feedback is None:
+                client.reply(repo=item.payload["repo"], number=int(item.payload["number"]), body=body)
+                self._journal.feedback_sent(item, body=body)
+                return
             comment_id = client.upsert_comment(
                 repo=feedback.pr.repo, number=feedback.pr.number, body=body, marker=MARKER,
                 comment_id=item.comment_id,

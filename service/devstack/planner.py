@@ -157,7 +157,7 @@ def _apply(
     prior = stack_expiry(state.get(feature, []))
     previous = {e["service"]: e for e in state.get(feature, [])}  # for the CLI overrides they carry
     _withdraw(state, event.key, catalog)
-    reason = _why_no_preview(event, catalog, approvals)
+    reason = why_no_preview(event, catalog, approvals)
     if reason:
         return reason
     own = catalog.services_of_repo(provider=event.provider.value, repo=event.repo)
@@ -220,7 +220,7 @@ def _find(elements: Sequence[Element], service: str) -> Element | None:
     return next((e for e in elements if e["service"] == service), None)
 
 
-def _why_no_preview(event: PullRequestEvent, catalog: Settings, approvals: Mapping[str, str]) -> str | None:
+def why_no_preview(event: PullRequestEvent, catalog: Settings, approvals: Mapping[str, str]) -> str | None:
     if event.state is PullRequestState.CLOSED:
         return "merged" if event.merged else "closed"
     if not catalog.repo_allowed(event.repo):

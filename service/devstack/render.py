@@ -64,6 +64,7 @@ import yaml
 
 from devstack import entries, naming
 from devstack.errors import ConfigError, DevstackError, PermanentError
+from devstack.events import PullRequestEvent
 
 logger = logging.getLogger(__name__)
 
@@ -602,6 +603,8 @@ def _render_event(args: argparse.Namespace, *, repo_root: Path) -> list[Rendered
     event = parse_delivery(event=args.event_name, delivery_id="devstack-render", payload=payload, received_at=now)
     if isinstance(event, Ignored):
         raise RenderError(f"{args.event}: ignored: {event.reason}")
+    if not isinstance(event, PullRequestEvent):
+        raise RenderError(f"{args.event}: a comment deploys nothing by itself; render a pull_request payload")
     result = plan(events=[event], entries={}, catalog=settings, now=now)
     if not result.entries:
         reason = result.decisions[-1].reason if result.decisions else "nothing to deploy"

@@ -6,20 +6,25 @@ import logging
 import os
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import SecretStr
 
 from devstack.catalog import Settings
-from devstack.feedback import FeedbackClient, FeedbackSender
+from devstack.commands import CommandRunner
+from devstack.feedback import FeedbackSender
 from devstack.gitops import GitStore
 from devstack.journal import Journal
+from devstack.providers import ProviderClient
+from devstack.reaper import Reaper, Resyncer, run_periodically
 from devstack.worker import Worker
 
 logger = logging.getLogger(__name__)
 
 SECRET_FILE = "webhook-secret"  # noqa: S105 - a file name, not a secret
+API_TOKEN_FILE = "api-token"  # noqa: S105 - a file name, not a secret
 
 
 def ensure_webhook_secret(state_dir: Path) -> tuple[SecretStr, bool]:
@@ -27,7 +32,18 @@ def ensure_webhook_secret(state_dir: Path) -> tuple[SecretStr, bool]:
 
     Returns the secret and whether it was created just now (so ``serve`` prints it only once).
     """
-    path = state_dir / SECRET_FILE
+    return _generated(state_dir / SECRET_FILE)
+
+
+def api_tokens(settings: Settings) -> list[SecretStr]:
+    """The configured API tokens; with none configured, the one generated in ``state_dir``."""
+    if settings.security.api_tokens:
+        return list(settings.security.api_tokens)
+    return [_generated(settings.state_dir / API_TOKEN_FILE)[0]]
+
+
+def _generated(path: Path) -> tuple[SecretStr, bool]:
+    state_dir = path.parent
     if path.exists():
         return SecretStr(path.read_text(encoding="utf-8").strip()), False
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -49,8 +65,9 @@ def webhook_secrets(settings: Settings, provider: str) -> list[SecretStr]:
     return [ensure_webhook_secret(settings.state_dir)[0]]
 
 
-def feedback_clients(settings: Settings) -> dict[str, FeedbackClient]:
-    clients: dict[str, FeedbackClient] = {}
+def provider_clients(settings: Settings) -> dict[str, ProviderClient]:
+    """An API client per provider that has a token; without one, feedback is recorded locally."""
+    clients: dict[str, ProviderClient] = {}
     github = settings.providers.github
     if github.token is not None and github.token.get_secret_value():
         from devstack.providers.github import GitHubClient
@@ -58,10 +75,15 @@ def feedback_clients(settings: Settings) -> dict[str, FeedbackClient]:
         clients["github"] = GitHubClient(
             api_url=github.api_url, token=github.token, seconds_between_writes=github.seconds_between_writes
         )
+    gitlab = settings.providers.gitlab
+    if gitlab.token is not None and gitlab.token.get_secret_value():
+        from devstack.providers.gitlab import GitLabClient
+
+        clients["gitlab"] = GitLabClient(url=gitlab.url, token=gitlab.token)
     return clients
 
 
-def open_store(settings: Settings) -> GitStore:
+def open_store(settings: Settings, *, workdir: Path | None = None) -> GitStore:
     url = settings.gitops.url
     if not url:
         url = GitStore.init_local_remote(settings.local_remote_path, branch=settings.gitops.branch)
@@ -69,7 +91,7 @@ def open_store(settings: Settings) -> GitStore:
         url=url,
         branch=settings.gitops.branch,
         path=settings.gitops.path,
-        workdir=settings.clone_path,
+        workdir=workdir or settings.clone_path,
         author_name=settings.gitops.author_name,
         author_email=settings.gitops.author_email,
         max_attempts=settings.gitops.max_push_attempts,
@@ -78,32 +100,52 @@ def open_store(settings: Settings) -> GitStore:
 
 @dataclass(kw_only=True)
 class Runtime:
+    """Everything ``devstack serve`` runs: the journal, the git store and the background loops."""
+
     settings: Settings
     journal: Journal
     store: GitStore
     worker: Worker
     sender: FeedbackSender
+    commands: CommandRunner
+    reaper: Reaper
+    resyncer: Resyncer
     stop: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
 
     @classmethod
-    def build(cls, settings: Settings, *, clients: dict[str, FeedbackClient] | None = None) -> Runtime:
+    def build(cls, settings: Settings, *, clients: dict[str, ProviderClient] | None = None,
+              clone_path: Path | None = None) -> Runtime:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
+        clients = provider_clients(settings) if clients is None else clients
         journal = Journal(settings.journal_path)
-        store = open_store(settings)
+        store = open_store(settings, workdir=clone_path)
         worker = Worker(settings=settings, journal=journal, store=store)
-        sender = FeedbackSender(
-            settings=settings, journal=journal, clients=feedback_clients(settings) if clients is None else clients
+        return cls(
+            settings=settings, journal=journal, store=store, worker=worker,
+            sender=FeedbackSender(settings=settings, journal=journal, clients=dict(clients)),
+            commands=CommandRunner(settings=settings, journal=journal, clients=dict(clients)),
+            reaper=Reaper(settings=settings, journal=journal, entries=worker.snapshot),
+            resyncer=Resyncer(settings=settings, journal=journal, entries=worker.snapshot, clients=dict(clients)),
         )
-        return cls(settings=settings, journal=journal, store=store, worker=worker, sender=sender)
 
     def start(self) -> None:
-        """Run the worker and the feedback sender in background threads."""
+        """Run the worker, feedback sender, command runner, reaper and resync in background threads."""
         self.stop.clear()
-        self.threads = [
-            threading.Thread(target=self.worker.run_forever, args=(self.stop,), name="devstack-worker", daemon=True),
-            threading.Thread(target=self.sender.run_forever, args=(self.stop,), name="devstack-feedback", daemon=True),
+        loops: list[tuple[str, Callable[[], None]]] = [
+            ("worker", lambda: self.worker.run_forever(self.stop)),
+            ("feedback", lambda: self.sender.run_forever(self.stop)),
+            ("commands", lambda: self.commands.run_forever(self.stop)),
+            ("reaper", lambda: run_periodically(
+                self.stop, every=self.settings.reap_interval.total_seconds(), name="reap",
+                first_delay=min(30.0, self.settings.reap_interval.total_seconds()),
+                task=lambda: self.reaper.run_once() if self.worker.healthy else "reap: waiting for the git store")),
+            ("resync", lambda: run_periodically(
+                self.stop, every=self.settings.resync_interval.total_seconds(), name="resync",
+                first_delay=min(30.0, self.settings.resync_interval.total_seconds()),
+                task=lambda: self.resyncer.run_once() if self.worker.healthy else "resync: waiting for the git store")),
         ]
+        self.threads = [threading.Thread(target=run, name=f"devstack-{name}", daemon=True) for name, run in loops]
         for thread in self.threads:
             thread.start()
 

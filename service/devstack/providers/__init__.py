@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
-    from devstack.events import PullRequestEvent
+    from devstack.events import CommentEvent, PullRequestEvent
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,5 +43,37 @@ class WebhookProvider(Protocol):
 
     def parse(
         self, *, event: str, delivery_id: str, payload: object, received_at: datetime
-    ) -> PullRequestEvent | Ignored:
+    ) -> PullRequestEvent | CommentEvent | Ignored:
         """Translate a verified delivery; raise :class:`~devstack.errors.BadPayload` for malformed input."""
+
+
+class ProviderClient(Protocol):
+    """A provider's API, as devstack uses it: feedback, comment commands, resync.
+
+    Failures are :class:`~devstack.errors.ProviderError` (temporary, with the delay the provider
+    asked for) or :class:`~devstack.errors.ProviderRejected` (permanent); tokens never in messages.
+    """
+
+    def upsert_comment(self, *, repo: str, number: int, body: str, marker: str, comment_id: int | None = None) -> int:
+        """Create or edit the sticky comment containing ``marker``; return its id."""
+
+    def deploy(self, *, repo: str, sha: str, environment: str, url: str, description: str) -> int:
+        """Point ``environment`` at ``url`` for ``sha`` (GitHub deployment, GitLab environment)."""
+
+    def deactivate(self, *, repo: str, environment: str) -> int:
+        """Mark ``environment`` inactive / stopped; return how many things changed."""
+
+    def reply(self, *, repo: str, number: int, body: str) -> int:
+        """Post a plain (non-sticky) comment."""
+
+    def permission(self, *, repo: str, user: str) -> str:
+        """``admin`` / ``maintain`` / ``write`` / ``triage`` / ``read`` / ``none``."""
+
+    def set_labels(self, *, repo: str, number: int, add: Sequence[str], remove: Sequence[str]) -> None:
+        """Add and remove labels of a PR / MR (removing an absent label is not an error)."""
+
+    def pull_request(self, *, repo: str, number: int) -> PullRequestEvent:
+        """The current state of a PR / MR."""
+
+    def open_pull_requests(self, *, repo: str) -> list[PullRequestEvent]:
+        """Every open PR / MR of ``repo``."""

@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -25,7 +25,7 @@ from github import Auth, Github, GithubException
 from github.Requester import Requester
 
 from devstack.errors import BadPayload, ConfigError, ProviderError, ProviderRejected, Unauthorized
-from devstack.events import Provider, PullRequestEvent, PullRequestState
+from devstack.events import CommentEvent, Provider, PullRequestEvent, PullRequestState
 from devstack.providers import Ignored
 
 __all__ = ["GitHubClient", "GitHubWebhook", "Ignored", "parse_delivery", "verify_signature"]
@@ -97,9 +97,13 @@ def verify_signature(*, body: bytes, signature: str | None, secrets: Sequence[Se
         raise Unauthorized(f"{SIGNATURE_HEADER} does not match the body for any configured secret")
 
 
+COMMENT_ACTIONS = frozenset({"created", "edited", "deleted"})
+_MAX_COMMENT = 65536  # GitHub's own limit on a comment body
+
+
 def parse_delivery(
     *, event: str, delivery_id: str, payload: object, received_at: datetime
-) -> PullRequestEvent | Ignored:
+) -> PullRequestEvent | CommentEvent | Ignored:
     """Translate one verified delivery (``payload`` is the decoded JSON body: any JSON value).
 
     Returns a :class:`PullRequestEvent` for the ``pull_request`` actions in
@@ -107,6 +111,8 @@ def parse_delivery(
     :class:`BadPayload` (naming the field) when a handled event has the wrong shape. Unknown fields
     are ignored and fields newer than some GitHub versions (``draft``, ...) are optional.
     """
+    if event == "issue_comment":
+        return _comment(delivery_id=delivery_id, payload=payload, received_at=received_at)
     if event != "pull_request":
         return Ignored(reason=f"event {_short(event)} is not handled")
     root = _object(payload, "payload")
@@ -159,6 +165,46 @@ def parse_delivery(
         draft=_optional_bool(pr, "draft", "pull_request.draft"),
         fork=_is_fork(head=head, base=base, repo=repo),
         labels=_labels(pr),
+        received_at=received_at,
+    )
+
+
+def _comment(*, delivery_id: str, payload: object, received_at: datetime) -> CommentEvent | Ignored:
+    """An ``issue_comment`` delivery: a :class:`CommentEvent` when it is on a pull request."""
+    root = _object(payload, "payload")
+    action = _string(root, "action", "action")
+    if action not in COMMENT_ACTIONS:
+        return Ignored(reason=f"issue_comment action {_short(action)} is not handled")
+    issue = _object(_field(root, "issue", "issue"), "issue")
+    if not isinstance(issue.get("pull_request"), Mapping):
+        return Ignored(reason="a comment on an issue, not on a pull request")
+    repo = _full_name(_object(_field(root, "repository", "repository"), "repository"), "repository.full_name")
+    number = _field(issue, "number", "issue.number")
+    if not isinstance(number, int) or isinstance(number, bool) or not 0 < number < _MAX_NUMBER:
+        raise BadPayload("issue.number: not a pull request number")
+    url = _string(issue, "html_url", "issue.html_url")
+    if len(url) > _MAX_URL or not _URL.fullmatch(url):
+        raise BadPayload("issue.html_url: not an http(s) URL")
+    comment = _object(_field(root, "comment", "comment"), "comment")
+    comment_id = _field(comment, "id", "comment.id")
+    if not isinstance(comment_id, int) or isinstance(comment_id, bool) or comment_id <= 0:
+        raise BadPayload("comment.id: not a positive integer")
+    user = _object(_field(comment, "user", "comment.user"), "comment.user")
+    body = comment.get("body")
+    if body is not None and not isinstance(body, str):
+        raise BadPayload("comment.body: not a string")
+    user_type = user.get("type")
+    return CommentEvent(
+        delivery_id=delivery_id,
+        provider=Provider.GITHUB,
+        action=action,
+        repo=repo,
+        number=number,
+        url=url,
+        comment_id=comment_id,
+        author=_string(user, "login", "comment.user.login"),
+        author_is_bot=user_type == "Bot",
+        body=(body or "")[:_MAX_COMMENT],
         received_at=received_at,
     )
 
@@ -276,11 +322,12 @@ class GitHubWebhook:
 
     def parse(
         self, *, event: str, delivery_id: str, payload: object, received_at: datetime
-    ) -> PullRequestEvent | Ignored:
+    ) -> PullRequestEvent | CommentEvent | Ignored:
         return parse_delivery(event=event, delivery_id=delivery_id, payload=payload, received_at=received_at)
 
 
 _INACTIVE_STATES = frozenset({"inactive", "error", "failure"})
+_MAX_PAGES = 50  # 5,000 open pull requests per repository
 _MAX_DESCRIPTION = 140  # GitHub refuses longer deployment (status) descriptions
 _SECONDARY_RATE_LIMIT_DELAY = 60.0  # GitHub: "wait for at least one minute before retrying"
 
@@ -422,6 +469,58 @@ class GitHubClient:
         logger.info("deactivated %d deployment(s) of %s in %s", changed, environment, repo)
         return changed
 
+    # -- comment commands and resync
+
+    def reply(self, *, repo: str, number: int, body: str) -> int:
+        """Post a new (non-sticky) comment: answers to comment commands."""
+        with self._calls(f"reply on {repo}#{number}"):
+            return int(self._repo(repo).get_issue(number).create_comment(body).id)
+
+    def permission(self, *, repo: str, user: str) -> str:
+        """``admin`` / ``maintain`` / ``write`` / ``triage`` / ``read`` / ``none`` for ``user`` on ``repo``."""
+        with self._calls(f"permission of {user} on {repo}"):
+            try:
+                return str(self._repo(repo).get_collaborator_permission(user))
+            except GithubException as exc:
+                if exc.status == 404:  # not a collaborator (or no such user)
+                    return "none"
+                raise
+
+    def set_labels(self, *, repo: str, number: int, add: Sequence[str], remove: Sequence[str]) -> None:
+        with self._calls(f"labels of {repo}#{number}"):
+            issue = self._repo(repo).get_issue(number)
+            if add:
+                issue.add_to_labels(*add)
+            for name in remove:
+                try:
+                    issue.remove_from_labels(name)
+                except GithubException as exc:
+                    if exc.status != 404:  # already gone
+                        raise
+
+    def pull_request(self, *, repo: str, number: int) -> PullRequestEvent:
+        """The PR's current state, translated like a webhook payload."""
+        with self._calls(f"reading {repo}#{number}"):
+            raw = self._repo(repo).get_pull(number).raw_data
+        return _from_api(raw, repo=repo)
+
+    def open_pull_requests(self, *, repo: str) -> list[PullRequestEvent]:
+        """Every open PR of ``repo`` (for resync)."""
+        raws: list[Mapping[str, Any]] = []
+        self._repo(repo)  # validates the name
+        with self._calls(f"listing open pull requests of {repo}"):
+            # The requester directly: PyGithub's list objects would each GET themselves again for raw_data.
+            for page in range(1, _MAX_PAGES + 1):
+                _, data = self._github.requester.requestJsonAndCheck(
+                    "GET", f"/repos/{repo}/pulls", parameters={"state": "open", "per_page": 100, "page": page}
+                )
+                if not isinstance(data, list):
+                    raise ProviderRejected(f"listing open pull requests of {repo}: not a list")
+                raws.extend(item for item in data if isinstance(item, Mapping))
+                if len(data) < 100:
+                    break
+        return [_from_api(raw, repo=repo) for raw in raws]
+
     # -- plumbing
 
     def _repo(self, repo: str) -> Repository:
@@ -439,6 +538,17 @@ class GitHubClient:
         except requests.RequestException as exc:
             detail = _scrub(str(exc), self._token.get_secret_value())
             raise ProviderError(f"GitHub {what}: {type(exc).__name__}: {detail}") from exc
+
+
+def _from_api(raw: Mapping[str, Any], *, repo: str) -> PullRequestEvent:
+    """A PR object from the REST API, translated as its webhook payload would be."""
+    payload = {"action": "edited", "number": raw.get("number"), "pull_request": raw,
+               "repository": {"full_name": repo}}
+    result = parse_delivery(event="pull_request", delivery_id=f"api:{repo}#{raw.get('number')}", payload=payload,
+                            received_at=datetime.now(UTC))
+    if not isinstance(result, PullRequestEvent):  # pragma: no cover - "edited" is always handled
+        raise ProviderRejected(f"cannot read {repo}#{raw.get('number')}")
+    return result
 
 
 def _translate(

@@ -1,0 +1,299 @@
+"""Comment commands: ``/devstack ttl 3d``, ``extend``, ``add <service>``, ``remove <service>``,
+``redeploy``, ``approve``, ``help``.
+
+:func:`parse_comment` is pure (Atlantis style): comment text in, a :class:`Parsed` command, a
+:class:`Reply` (help, or why the text is not a valid command) or None (not a command at all) out.
+
+:class:`CommandRunner` does the I/O around it, apart from the git path (it drains the journal's
+``comments`` queue): it ignores edited comments and bots (devstack's own comments included), checks
+through the provider API that the author may write to the repository (cached briefly), and then:
+
+* ``add`` / ``remove`` / ``ttl`` change the PR's ``devstack/with:`` and ``devstack/ttl:`` labels, so
+  the labels stay the one place a PR's wishes live (visible on the PR, and what resync re-reads);
+  the PR's fresh state is then journaled so the change applies without waiting for the webhook;
+* ``extend`` and ``redeploy`` become :class:`~devstack.events.Command` events in the git queue;
+* ``approve`` records the approval of the PR's *current* head sha (a later push needs a new one) and
+  journals the PR's state so a fork PR is deployed;
+* refusals, help and errors are answered with a reply comment through the feedback outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from devstack import naming
+from devstack.catalog import Settings
+from devstack.durations import InvalidDuration, parse_duration
+from devstack.errors import PermanentError, TemporaryError
+from devstack.events import Command, CommentEvent, PullRequestEvent, event_from_json
+from devstack.journal import Delivery, Journal
+from devstack.log import bind
+from devstack.planner import label
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "/devstack"
+WRITE_PERMISSIONS = frozenset({"admin", "maintain", "write"})
+
+HELP = """\
+**devstack commands** (comment on the pull request; only people with write access can run them):
+
+| command | what it does |
+|---|---|
+| `/devstack ttl <duration>` | set how long this preview lives: `30m`, `12h`, `3d`, `forever` where allowed |
+| `/devstack extend` | move the expiry forward by the default TTL |
+| `/devstack add <service>` | add a catalog service (and what it depends on) to this preview |
+| `/devstack remove <service>` | remove a service added with `add` |
+| `/devstack redeploy` | restart this pull request's services |
+| `/devstack approve` | deploy this fork pull request at its current head (a new push needs a new approval) |
+| `/devstack help` | this help |"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Parsed:
+    name: str  # ttl | extend | add | remove | redeploy | approve | help
+    arg: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reply:
+    text: str
+
+
+def parse_comment(body: str, *, services: Sequence[str]) -> Parsed | Reply | None:
+    """The command in ``body`` (its first line starting with ``/devstack``), a reply, or None."""
+    line = next((ln.strip() for ln in body.splitlines() if ln.strip().startswith(PREFIX)), None)
+    if line is None:
+        return None
+    words = line.split()
+    if words[0] != PREFIX:  # "/devstackish" is not ours
+        return None
+    if len(words) == 1:
+        return Reply(text=HELP)
+    name, args = words[1].lower(), words[2:]
+    if name == "help":
+        return Reply(text=HELP)
+    if name in ("extend", "redeploy", "approve"):
+        return Parsed(name=name) if not args else _usage(f"`{name}` takes no argument")
+    if name == "ttl":
+        if len(args) != 1:
+            return _usage("`ttl` takes one duration, like `/devstack ttl 3d`")
+        try:
+            parse_duration(args[0])
+        except InvalidDuration as exc:
+            return _usage(str(exc))
+        return Parsed(name="ttl", arg=args[0].lower())
+    if name in ("add", "remove"):
+        if len(args) != 1:
+            return _usage(f"`{name}` takes one service name, like `/devstack {name} ledger`")
+        service = args[0]
+        if naming.service_name_problem(service) or service not in services:
+            catalog = ", ".join(f"`{s}`" for s in sorted(services))
+            return Reply(text=f"Unknown service `{service[:40].replace('`', '')}`. The catalog has: {catalog}.")
+        return Parsed(name=name, arg=service)
+    return _usage(f"unknown command `{name[:40].replace('`', '')}`")
+
+
+def _usage(problem: str) -> Reply:
+    return Reply(text=f"{problem}.\n\n{HELP}")
+
+
+class CommandClient(Protocol):
+    """The provider calls comment commands need (GitHub and GitLab clients offer them)."""
+
+    def permission(self, *, repo: str, user: str) -> str:
+        """``admin`` / ``maintain`` / ``write`` / ``triage`` / ``read`` / ``none``."""
+
+    def set_labels(self, *, repo: str, number: int, add: Sequence[str], remove: Sequence[str]) -> None:
+        ...
+
+    def pull_request(self, *, repo: str, number: int) -> PullRequestEvent:
+        """The PR's current state (delivery_id and action are left for the caller to set)."""
+
+
+class CommandRunner:
+    """Drains the ``comments`` queue: parse, check permission, act; never blocks the git path."""
+
+    def __init__(
+        self, *, settings: Settings, journal: Journal, clients: dict[str, CommandClient],
+        clock: Callable[[], float] = time.monotonic, permission_ttl: float = 60.0,
+    ) -> None:
+        self._settings = settings
+        self._journal = journal
+        self._clients = clients
+        self._clock = clock
+        self._permission_ttl = permission_ttl
+        self._permissions: dict[tuple[str, str, str], tuple[float, bool]] = {}
+
+    def run_once(self, *, limit: int = 20) -> int:
+        batch = self._journal.take_batch(limit=limit, queue="comments")
+        for delivery in batch:
+            with bind(delivery=delivery.delivery_id, pr=delivery.pr):
+                self._handle(delivery)
+        return len(batch)
+
+    def _handle(self, delivery: Delivery) -> None:
+        try:
+            comment = event_from_json(delivery.payload)
+            if not isinstance(comment, CommentEvent):
+                raise TypeError(f"a {type(comment).__name__} in the comments queue")
+        except (ValueError, KeyError, TypeError) as exc:
+            self._journal.dead_letter(delivery.seq, error=f"unreadable comment: {exc}")
+            return
+        try:
+            outcome = self._run(comment)
+        except TemporaryError as exc:
+            self._journal.retry([delivery.seq], error=str(exc), max_attempts=self._settings.worker.max_attempts,
+                                backoff_max=self._settings.worker.backoff_max, delay=exc.delay)
+            logger.warning("comment command will be retried: %s", exc)
+            return
+        except PermanentError as exc:
+            self._journal.dead_letter(delivery.seq, error=str(exc))
+            logger.error("comment command failed for good: %s", exc)
+            return
+        self._journal.complete({delivery.seq: outcome})
+        logger.info("comment: %s", outcome)
+
+    def _run(self, comment: CommentEvent) -> str:
+        if comment.action != "created":
+            return "ignored: edited or deleted comments are not commands"
+        if comment.author_is_bot or "<!-- devstack:" in comment.body:
+            return "ignored: a bot's comment"
+        parsed = parse_comment(comment.body, services=sorted(self._settings.services))
+        if parsed is None:
+            return "ignored: not a command"
+        client = self._clients.get(comment.provider.value)
+        if client is None:
+            self._reply(comment, "devstack cannot check permissions without a provider token; command ignored.")
+            return "ignored: no provider token"
+        if not self._may_write(client, comment):
+            self._reply(comment, f"@{comment.author} only people with write access to `{comment.repo}` can run "
+                                 "devstack commands; nothing was changed.")
+            return f"refused: {comment.author} has no write permission"
+        if isinstance(parsed, Reply):
+            self._reply(comment, parsed.text)
+            return "replied"
+        return self._act(client, comment, parsed)
+
+    def _act(self, client: CommandClient, comment: CommentEvent, parsed: Parsed) -> str:
+        prefix = self._settings.labels.prefix
+        if parsed.name in ("extend", "redeploy"):
+            self._command(comment, op=parsed.name)
+            return f"{parsed.name} queued"
+        if parsed.name == "ttl":
+            current = client.pull_request(repo=comment.repo, number=comment.number)  # labels as they are now
+            wanted = label(self._settings, f"ttl:{parsed.arg}")
+            stale = [lbl for lbl in current.labels if lbl.startswith(f"{prefix}ttl:") and lbl != wanted]
+            client.set_labels(repo=comment.repo, number=comment.number, add=[wanted], remove=stale)
+            self._command(comment, op="ttl", args=(("ttl", parsed.arg),))
+            return f"ttl {parsed.arg}"
+        if parsed.name in ("add", "remove"):
+            wanted = label(self._settings, f"with:{parsed.arg}")
+            client.set_labels(repo=comment.repo, number=comment.number,
+                              add=[wanted] if parsed.name == "add" else [],
+                              remove=[wanted] if parsed.name == "remove" else [])
+            self._refresh(client, comment)
+            return f"{parsed.name} {parsed.arg}"
+        if parsed.name == "approve":
+            state = client.pull_request(repo=comment.repo, number=comment.number)
+            self._journal.approve(pr=comment.key, sha=state.head_sha, approver=comment.author)
+            self._refresh(client, comment, state=state)
+            return f"approved {state.head_sha[:12]}"
+        return f"ignored: {parsed.name}"
+
+    def _may_write(self, client: CommandClient, comment: CommentEvent) -> bool:
+        key = (comment.provider.value, comment.repo, comment.author)
+        cached = self._permissions.get(key)
+        now = self._clock()
+        if cached is not None and now - cached[0] < self._permission_ttl:
+            return cached[1]
+        allowed = client.permission(repo=comment.repo, user=comment.author) in WRITE_PERMISSIONS
+        self._permissions[key] = (now, allowed)
+        return allowed
+
+    def _command(self, comment: CommentEvent, *, op: str, args: tuple[tuple[str, str], ...] = ()) -> None:
+        command = Command(delivery_id=f"{comment.delivery_id}/{op}", op=op, pr=comment.key, args=args,
+                          actor=f"{comment.provider.value}:{comment.author}", received_at=comment.received_at)
+        self._journal.record(delivery_id=command.delivery_id, provider=comment.provider.value, event=f"command:{op}",
+                             pr=comment.key, payload=command.to_json())
+
+    def _refresh(self, client: CommandClient, comment: CommentEvent, *, state: PullRequestEvent | None = None) -> None:
+        """Journal the PR's current state (labels included) so the change applies now."""
+        current = state or client.pull_request(repo=comment.repo, number=comment.number)
+        event = PullRequestEvent(**{
+            **{f: getattr(current, f) for f in current.__dataclass_fields__},
+            "delivery_id": f"{comment.delivery_id}/refresh", "action": "edited", "received_at": comment.received_at,
+        })
+        self._journal.record(delivery_id=event.delivery_id, provider=event.provider.value, event="pull_request",
+                             pr=event.key, payload=event.to_json())
+
+    def _reply(self, comment: CommentEvent, text: str) -> None:
+        self._journal.enqueue_feedback(
+            pr=f"reply:{comment.delivery_id}", provider=comment.provider.value,
+            payload={"kind": "reply", "repo": comment.repo, "number": comment.number,
+                     "body": f"> {comment.body.splitlines()[0][:200] if comment.body else ''}\n\n{text}"},
+        )
+
+    def run_forever(self, stop: threading.Event, *, interval: float = 0.5) -> None:
+        while not stop.is_set():
+            try:
+                handled = self.run_once()
+            except Exception:
+                logger.exception("command runner crashed; continuing")
+                handled = 0
+            if not handled:
+                stop.wait(interval)
+
+
+# --- previews without a PR: devstack up / down / set / restart ----------------------------------
+
+CLI_OPS = ("up", "down", "set", "restart")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def cli_command(
+    *, op: str, feature: str, catalog: Settings, services: Sequence[str] = (), env: Mapping[str, str] | None = None,
+    ttl: str | None = None, actor: str = "cli", now: datetime | None = None,
+) -> Command:
+    """A :class:`Command` from what a person typed (CLI or API); :class:`ValueError` says what is wrong.
+
+    ``services``: ``name`` or ``name@tag``. The feature name goes through :mod:`devstack.naming` like
+    a branch name does (a valid name is kept as it is).
+    """
+    if op not in CLI_OPS:
+        raise ValueError(f"unknown operation {op[:20]!r}: use one of {', '.join(CLI_OPS)}")
+    pinned: list[tuple[str, str]] = []
+    for item in services:
+        name, _, tag = item.partition("@")
+        if name not in catalog.services:
+            raise ValueError(f"unknown service {name[:40]!r}; the catalog has: {', '.join(sorted(catalog.services))}")
+        if tag and not _TAG.fullmatch(tag):
+            raise ValueError(f"{tag[:40]!r} is not an image tag")
+        pinned.append((name, tag))
+    if op in ("up", "set", "restart") and not pinned:
+        raise ValueError(f"{op} needs at least one service")
+    if op in ("set", "restart") and any(tag for _, tag in pinned):
+        raise ValueError(f"{op} takes service names without a tag")
+    args: list[tuple[str, str]] = []
+    for key, value in (env or {}).items():
+        if not _ENV_KEY.fullmatch(key):
+            raise ValueError(f"{key[:40]!r} is not an environment variable name")
+        args.append((f"env.{key}", value))
+    if op == "set" and not args:
+        raise ValueError("set needs at least one KEY=VALUE")
+    if ttl is not None:
+        parse_duration(ttl)  # raises InvalidDuration (a ValueError) with a clear message
+        args.append(("ttl", ttl))
+    return Command(
+        delivery_id=f"cli:{op}:{uuid.uuid4()}", op=op, feature=naming.feature_name(feature), services=tuple(pinned),
+        args=tuple(args), actor=actor, received_at=now or datetime.now(UTC),
+    )

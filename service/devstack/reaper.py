@@ -1,0 +1,226 @@
+"""The reaper (TTL) and resync (heal from the providers' open PRs), kube-janitor style.
+
+Neither changes git itself: both put events in the journal, and the worker applies them through the
+same planner as every webhook. Both have a dry run that only reports, a summary per pass, and an
+injectable clock.
+
+* **Reap**: a stack whose expiry has passed gets an ``expire`` command naming the expiry the reaper
+  saw, so a stack extended in the meantime survives. A stack within ``ttl.warn_before`` of its
+  expiry has its PR comments edited once to warn (remembered per expiry in the journal).
+* **Resync**: list the open PRs of every catalog repository; journal the state of each open PR that
+  should have a preview and has none or runs another sha, and a ``closed`` state for each PR that
+  has a preview but is no longer open. A repository that cannot be listed is left alone (never
+  pruned on a failed listing). Resync events never extend a preview's expiry.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from devstack.catalog import Settings
+from devstack.entries import Element
+from devstack.errors import PermanentError, TemporaryError
+from devstack.events import Command, Provider, PullRequestEvent, PullRequestState
+from devstack.feedback import feedback_to_dict
+from devstack.journal import Journal
+from devstack.planner import NEVER, format_time, source_key, stack_expiry, stack_feedback, why_no_preview
+
+logger = logging.getLogger(__name__)
+
+Entries = Callable[[], Mapping[str, Sequence[Element]]]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- reap ----------------------------------------------------------------------------------------
+
+
+def due(
+    state: Mapping[str, Sequence[Element]], *, now: datetime, warn_before: timedelta
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Pure: the stacks that have expired and those to warn, as (feature, expiry) pairs."""
+    expired, warn = [], []
+    stamp, soon = format_time(now), format_time(now + warn_before)
+    for feature in sorted(state):
+        expiry = stack_expiry(state[feature])
+        if expiry is None or expiry == NEVER:
+            continue
+        if expiry <= stamp:
+            expired.append((feature, expiry))
+        elif expiry <= soon:
+            warn.append((feature, expiry))
+    return expired, warn
+
+
+@dataclass(kw_only=True)
+class ReapSummary:
+    checked: int
+    expired: list[tuple[str, str]] = field(default_factory=list)
+    warned: list[tuple[str, str]] = field(default_factory=list)
+    dry_run: bool = False
+
+    def format(self) -> str:
+        verb = "would" if self.dry_run else "will"
+        lines = [f"reap: {self.checked} preview(s) checked, {len(self.expired)} expired, "
+                 f"{len(self.warned)} to warn{' (dry run)' if self.dry_run else ''}"]
+        lines += [f"  expired  {feature} (at {expiry}): {verb} be removed" for feature, expiry in self.expired]
+        lines += [f"  warning  {feature} expires at {expiry}" for feature, expiry in self.warned]
+        return "\n".join(lines)
+
+
+class Reaper:
+    def __init__(
+        self, *, settings: Settings, journal: Journal, entries: Entries, clock: Callable[[], datetime] = _now
+    ) -> None:
+        self._settings = settings
+        self._journal = journal
+        self._entries = entries
+        self._clock = clock
+
+    def run_once(self, *, dry_run: bool = False) -> ReapSummary:
+        state = self._entries()
+        now = self._clock()
+        expired, warn = due(state, now=now, warn_before=self._settings.ttl.warn_before)
+        warned = [(f, x) for f, x in warn if self._journal.warned(f) != x]
+        summary = ReapSummary(checked=len(state), expired=expired, warned=warned, dry_run=dry_run)
+        if dry_run:
+            return summary
+        for feature, expiry in expired:
+            command = Command(delivery_id=f"expire:{feature}:{expiry}", op="expire", feature=feature,
+                              args=(("expiresAt", expiry),), actor="reaper", received_at=now)
+            if self._journal.record(delivery_id=command.delivery_id, provider="devstack", event="command:expire",
+                                    pr=command.key, payload=command.to_json()):
+                logger.info("preview %s expired at %s: removing", feature, expiry)
+        for feature, expiry in warned:
+            text = (f"This preview expires at {expiry.replace('T', ' ').replace('Z', ' UTC')}. Push, comment "
+                    "`/devstack extend`, or set a `ttl` label to keep it.")
+            for key in sorted({k for e in state[feature] for k in e["requestedBy"]}):
+                if not key.startswith(("github:", "gitlab:")):
+                    continue
+                feedback = stack_feedback(key=key, elements=state[feature], catalog=self._settings, warning=text)
+                self._journal.enqueue_feedback(pr=key, provider=feedback.pr.provider.value,
+                                               payload=feedback_to_dict(feedback))
+            self._journal.mark_warned(feature, expiry)
+            logger.info("preview %s expires at %s: PRs warned", feature, expiry)
+        return summary
+
+
+# --- resync --------------------------------------------------------------------------------------
+
+
+class ResyncClient(Protocol):
+    def open_pull_requests(self, *, repo: str) -> list[PullRequestEvent]:
+        ...
+
+
+@dataclass(kw_only=True)
+class ResyncSummary:
+    repos: int
+    open: int = 0
+    healed: list[str] = field(default_factory=list)  # PR keys journaled because open and not as planned
+    pruned: list[str] = field(default_factory=list)  # PR keys journaled as closed
+    failed: list[str] = field(default_factory=list)  # repositories that could not be listed
+    dry_run: bool = False
+
+    def format(self) -> str:
+        lines = [f"resync: {self.repos} repo(s), {self.open} open PR(s), {len(self.healed)} to create or update, "
+                 f"{len(self.pruned)} to prune, {len(self.failed)} failed{' (dry run)' if self.dry_run else ''}"]
+        lines += [f"  heal   {key}" for key in self.healed]
+        lines += [f"  prune  {key}" for key in self.pruned]
+        lines += [f"  failed {repo}" for repo in self.failed]
+        return "\n".join(lines)
+
+
+class Resyncer:
+    def __init__(
+        self, *, settings: Settings, journal: Journal, entries: Entries, clients: Mapping[str, ResyncClient],
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self._settings = settings
+        self._journal = journal
+        self._entries = entries
+        self._clients = clients
+        self._clock = clock
+
+    def run_once(self, *, dry_run: bool = False) -> ResyncSummary:
+        state = self._entries()
+        now = self._clock()
+        repos = sorted({(s.provider, s.repo) for s in self._settings.services.values()})
+        summary = ResyncSummary(repos=len(repos), dry_run=dry_run)
+        listed: set[tuple[str, str]] = set()
+        open_prs: dict[str, PullRequestEvent] = {}
+        for provider, repo in repos:
+            client = self._clients.get(provider)
+            if client is None:
+                summary.failed.append(f"{provider}:{repo} (no token)")
+                continue
+            try:
+                for pr in client.open_pull_requests(repo=repo):
+                    open_prs[pr.key] = pr
+            except (TemporaryError, PermanentError) as exc:
+                summary.failed.append(f"{provider}:{repo} ({exc})")
+                logger.warning("resync: cannot list %s:%s: %s", provider, repo, exc)
+                continue
+            listed.add((provider, repo))
+        summary.open = len(open_prs)
+        built = {source_key(e): e for elements in state.values() for e in elements if source_key(e)}
+        requesters = {k for elements in state.values() for e in elements for k in e["requestedBy"]}
+        approvals = self._journal.approvals()
+        stamp = format_time(now)
+        events: list[PullRequestEvent] = []
+        for key, pr in sorted(open_prs.items()):
+            element = built.get(key)
+            stale = element is None or element["source"]["sha"] != pr.head_sha
+            if stale and why_no_preview(pr, self._settings, approvals) is None:
+                events.append(replace(pr, delivery_id=f"resync:{stamp}:{key}", action="resync", received_at=now))
+                summary.healed.append(key)
+        for key in sorted(requesters - set(open_prs)):
+            closed = _closed(key, built.get(key), now=now, stamp=stamp)
+            if closed is not None and (closed.provider.value, closed.repo) in listed:
+                events.append(closed)
+                summary.pruned.append(key)
+        if not dry_run:
+            for event in events:
+                self._journal.record(delivery_id=event.delivery_id, provider=event.provider.value,
+                                     event="pull_request", pr=event.key, payload=event.to_json())
+        return summary
+
+
+def _closed(key: str, element: Element | None, *, now: datetime, stamp: str) -> PullRequestEvent | None:
+    """The closed state of PR ``key`` (not listed as open any more), or None for non-PR requesters."""
+    if not key.startswith(("github:", "gitlab:")):
+        return None
+    provider, rest = key.split(":", 1)
+    repo, number = rest.rsplit("#", 1)
+    source = element["source"] if element else {}
+    return PullRequestEvent(
+        delivery_id=f"resync:{stamp}:{key}", provider=Provider(provider), action="resync", repo=repo,
+        number=int(number), url=source.get("url", ""), title="", author="", head_sha=source.get("sha", ""),
+        head_branch=source.get("branch", ""), base_branch="", state=PullRequestState.CLOSED, received_at=now,
+    )
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+def run_periodically(
+    stop: threading.Event, *, every: float, task: Callable[[], object], name: str, first_delay: float = 5.0
+) -> None:
+    """Run ``task`` every ``every`` seconds until ``stop``; a failing pass is logged, never fatal."""
+    if stop.wait(first_delay):
+        return
+    while True:
+        try:
+            result = task()
+            logger.info("%s", result.format() if hasattr(result, "format") else result)
+        except Exception:
+            logger.exception("%s pass failed; next pass in %.0fs", name, every)
+        if stop.wait(every):
+            return
