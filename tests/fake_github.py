@@ -96,8 +96,12 @@ class FakeGitHub:
         assert match, request.url
         return match.groups()
 
+    rate_limit_remaining: int = 4999
+
     def _json(self, status: int, data: Any) -> tuple[int, dict[str, str], str]:
-        return status, {"Content-Type": "application/json"}, json.dumps(data)
+        headers = {"Content-Type": "application/json", "X-RateLimit-Limit": "5000",
+                   "X-RateLimit-Remaining": str(self.rate_limit_remaining), "X-RateLimit-Reset": "4102444800"}
+        return status, headers, json.dumps(data)
 
     def _url(self, path: str) -> str:
         return self.api_url.rstrip("/") + path

@@ -17,7 +17,8 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from devstack import __version__
@@ -63,6 +64,9 @@ def create_app(
     async def _webhook_error(request: Request, exc: WebhookError) -> JSONResponse:
         status = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 400)
         logger.warning("webhook refused (%d): %s", status, exc)
+        if request.url.path.startswith("/webhooks/"):
+            provider = request.url.path.removeprefix("/webhooks/")
+            request.app.state.runtime.metrics.rejected.labels(provider, type(exc).__name__).inc()
         return JSONResponse({"error": str(exc)}, status_code=status)
 
     def webhook_route(provider: WebhookProvider) -> None:
@@ -76,6 +80,12 @@ def create_app(
 
     for provider in webhook_providers():
         webhook_route(provider)
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        runtime: Runtime = request.app.state.runtime
+        data = await run_in_threadpool(generate_latest, runtime.metrics.registry)
+        return Response(data, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -197,6 +207,7 @@ async def _receive(request: Request, *, provider: WebhookProvider, settings: Set
     event_name, delivery_id = provider.identify(headers=request.headers, body=body)
     with bind(delivery=delivery_id, provider=provider.name):
         if provider.is_ping(event_name):
+            runtime.metrics.deliveries.labels(provider.name, "ping").inc()
             return JSONResponse({"status": "pong", "delivery": delivery_id}, status_code=200)
         payload = _json(body, content_type=request.headers.get("content-type", ""))
         result = provider.parse(
@@ -208,6 +219,7 @@ async def _receive(request: Request, *, provider: WebhookProvider, settings: Set
                 ignored=result.reason,
             )
             logger.info("ignored %s: %s", event_name, result.reason)
+            runtime.metrics.deliveries.labels(provider.name, "ignored").inc()
             return JSONResponse({"status": "ignored", "reason": result.reason, "delivery": delivery_id})
         with bind(repo=result.repo, pr=result.number):
             if not settings.repo_allowed(result.repo):
@@ -216,6 +228,7 @@ async def _receive(request: Request, *, provider: WebhookProvider, settings: Set
                     pr=result.key, ignored="repository not allowed",
                 )
                 logger.warning("ignored: repository %s is not in security.repos", result.repo)
+                runtime.metrics.deliveries.labels(provider.name, "not_allowed").inc()
                 return JSONResponse({"status": "ignored", "reason": "repository not allowed", "delivery": delivery_id})
             new = await run_in_threadpool(
                 journal.record, delivery_id=delivery_id, provider=provider.name, event=event_name, pr=result.key,
@@ -223,8 +236,10 @@ async def _receive(request: Request, *, provider: WebhookProvider, settings: Set
             )
             if not new:
                 logger.info("duplicate delivery; already recorded")
+                runtime.metrics.deliveries.labels(provider.name, "duplicate").inc()
                 return JSONResponse({"status": "duplicate", "delivery": delivery_id})
             logger.info("queued %s %s", event_name, result.action)
+            runtime.metrics.deliveries.labels(provider.name, "queued").inc()
             return JSONResponse({"status": "queued", "delivery": delivery_id}, status_code=202)
 
 

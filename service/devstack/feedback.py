@@ -25,6 +25,7 @@ from devstack.errors import PermanentError, TemporaryError
 from devstack.events import Provider, PullRequestRef
 from devstack.journal import Journal, OutboxItem
 from devstack.log import bind
+from devstack.metrics import Metrics
 from devstack.planner import NEVER, Feedback, ServiceLink
 
 logger = logging.getLogger(__name__)
@@ -139,10 +140,14 @@ class FeedbackClient(Protocol):
 class FeedbackSender:
     """Drains the outbox: one comment upsert (and deployment update) per PR with pending feedback."""
 
-    def __init__(self, *, settings: Settings, journal: Journal, clients: dict[str, FeedbackClient]) -> None:
+    def __init__(
+        self, *, settings: Settings, journal: Journal, clients: dict[str, FeedbackClient],
+        metrics: Metrics | None = None,
+    ) -> None:
         self._settings = settings
         self._journal = journal
         self._clients = clients
+        self._metrics = metrics or Metrics()
 
     def run_once(self, *, limit: int = 20) -> int:
         """Send what is due; returns how many items were handled (sent, recorded or failed)."""
@@ -165,6 +170,7 @@ class FeedbackSender:
             if feedback is None:
                 client.reply(repo=item.payload["repo"], number=int(item.payload["number"]), body=body)
                 self._journal.feedback_sent(item, body=body)
+                self._metrics.feedback_sent.labels(item.provider).inc()
                 return
             comment_id = client.upsert_comment(
                 repo=feedback.pr.repo, number=feedback.pr.number, body=body, marker=MARKER,
@@ -172,6 +178,7 @@ class FeedbackSender:
             )
             deployed = self._deployment(client, feedback, item)
         except TemporaryError as exc:
+            self._metrics.feedback_failures.labels(item.provider, "temporary").inc()
             dead = self._journal.feedback_failed(
                 item, error=str(exc), max_attempts=self._settings.feedback.max_attempts,
                 backoff_max=self._settings.feedback.backoff_max, delay=exc.delay,
@@ -179,12 +186,14 @@ class FeedbackSender:
             logger.warning("feedback failed (%s)%s", exc, ": dead letter" if dead else "; will retry")
             return
         except PermanentError as exc:
+            self._metrics.feedback_failures.labels(item.provider, "permanent").inc()
             self._journal.feedback_failed(
                 item, error=str(exc), max_attempts=1, backoff_max=self._settings.feedback.backoff_max, permanent=True
             )
             logger.error("feedback rejected (%s): dead letter", exc)
             return
         self._journal.feedback_sent(item, body=body, comment_id=comment_id, deployed_sha=deployed)
+        self._metrics.feedback_sent.labels(item.provider).inc()
         logger.info("feedback sent: %s comment %s", feedback.status, comment_id)
 
     def _deployment(self, client: FeedbackClient, feedback: Feedback, item: OutboxItem) -> str | None:

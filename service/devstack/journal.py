@@ -266,6 +266,12 @@ class Journal:
         result.update({row["status"]: row["n"] for row in rows})
         return result
 
+    def pending_by_queue(self) -> dict[str, int]:
+        rows = self._query("SELECT queue, COUNT(*) AS n FROM deliveries WHERE status = 'pending' GROUP BY queue")
+        result = {"git": 0, "comments": 0}
+        result.update({row["queue"]: row["n"] for row in rows})
+        return result
+
     def outbox_counts(self) -> dict[str, int]:
         rows = self._query("SELECT status, COUNT(*) AS n FROM outbox GROUP BY status")
         result = {"pending": 0, "sent": 0, "recorded": 0, "dead": 0}

@@ -17,6 +17,7 @@ from devstack.commands import CommandRunner
 from devstack.feedback import FeedbackSender
 from devstack.gitops import GitStore
 from devstack.journal import Journal
+from devstack.metrics import Metrics, StateCollector
 from devstack.providers import ProviderClient
 from devstack.reaper import Reaper, Resyncer, run_periodically
 from devstack.worker import Worker
@@ -110,6 +111,7 @@ class Runtime:
     commands: CommandRunner
     reaper: Reaper
     resyncer: Resyncer
+    metrics: Metrics
     stop: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
 
@@ -120,10 +122,16 @@ class Runtime:
         clients = provider_clients(settings) if clients is None else clients
         journal = Journal(settings.journal_path)
         store = open_store(settings, workdir=clone_path)
-        worker = Worker(settings=settings, journal=journal, store=store)
+        metrics = Metrics()
+        worker = Worker(settings=settings, journal=journal, store=store, metrics=metrics)
+        metrics.watch(StateCollector(
+            counts=journal.counts, outbox=journal.outbox_counts, pending_by_queue=journal.pending_by_queue,
+            previews=worker.snapshot,
+            rate_limits=lambda: {name: client.rate_limit_remaining() for name, client in clients.items()},
+        ))
         return cls(
-            settings=settings, journal=journal, store=store, worker=worker,
-            sender=FeedbackSender(settings=settings, journal=journal, clients=dict(clients)),
+            settings=settings, journal=journal, store=store, worker=worker, metrics=metrics,
+            sender=FeedbackSender(settings=settings, journal=journal, clients=dict(clients), metrics=metrics),
             commands=CommandRunner(settings=settings, journal=journal, clients=dict(clients)),
             reaper=Reaper(settings=settings, journal=journal, entries=worker.snapshot),
             resyncer=Resyncer(settings=settings, journal=journal, entries=worker.snapshot, clients=dict(clients)),

@@ -26,6 +26,7 @@ from devstack.feedback import feedback_to_dict
 from devstack.gitops import CommitResult, GitStore
 from devstack.journal import Delivery, Journal
 from devstack.log import bind
+from devstack.metrics import Metrics
 from devstack.planner import Plan, PlannerEvent, plan
 
 logger = logging.getLogger(__name__)
@@ -70,8 +71,10 @@ class Worker:
         journal: Journal,
         store: GitStore,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics or Metrics()
         self._journal = journal
         self._store = store
         self._clock = clock
@@ -130,6 +133,7 @@ class Worker:
         except TemporaryError as exc:
             self.healthy = False
             self.last_error = str(exc)
+            self._metrics.git_failures.inc()
             dead = self._journal.retry(
                 list(events), error=str(exc), max_attempts=self._settings.worker.max_attempts,
                 backoff_max=self._settings.worker.backoff_max, delay=exc.delay,
@@ -139,6 +143,7 @@ class Worker:
         self.healthy = True
         self.last_error = ""
         self._set_snapshot(planned.entries)
+        self._observe(batch, events, result)
         outcomes = {
             seq: (f"{d.outcome}: {d.reason}" if d.reason else d.outcome)
             for seq, d in zip(events, planned.decisions, strict=True)
@@ -157,6 +162,17 @@ class Worker:
         return BatchResult(
             deliveries=len(batch), commit=result.sha, attempts=result.attempts, changed=result.changed, dead=broken
         )
+
+    def _observe(self, batch: Sequence[Delivery], events: Mapping[int, PlannerEvent], result: CommitResult) -> None:
+        self._metrics.batch_size.observe(len(events))
+        if result.attempts > 1:
+            self._metrics.push_retries.inc(result.attempts - 1)
+        if result.sha:
+            self._metrics.commits.inc()
+            now = time.time()
+            for delivery in batch:
+                if delivery.seq in events:
+                    self._metrics.event_to_push.observe(max(0.0, now - delivery.received_at))
 
     def _events(self, batch: Sequence[Delivery]) -> tuple[dict[int, PlannerEvent], list[str]]:
         events: dict[int, PlannerEvent] = {}

@@ -77,3 +77,6 @@ class ProviderClient(Protocol):
 
     def open_pull_requests(self, *, repo: str) -> list[PullRequestEvent]:
         """Every open PR / MR of ``repo``."""
+
+    def rate_limit_remaining(self) -> int | None:
+        """Requests left in the provider's rate-limit window as last reported, without asking."""

@@ -521,6 +521,11 @@ class GitHubClient:
                     break
         return [_from_api(raw, repo=repo) for raw in raws]
 
+    def rate_limit_remaining(self) -> int | None:
+        """Requests left in GitHub's rate-limit window, as the last response said (None: not seen yet)."""
+        remaining = self._github.requester.rate_limiting[0]
+        return remaining if remaining >= 0 else None
+
     # -- plumbing
 
     def _repo(self, repo: str) -> Repository:

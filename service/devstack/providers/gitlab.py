@@ -532,6 +532,7 @@ class GitLabClient:
             raise ConfigError("providers.gitlab.token: empty")
         self._token = token
         self._local = threading.local()  # the headers of the last failed response, per thread
+        self._rate_limit_remaining: int | None = None
         self._username: str | None = None
         self._username_looked_up = False
         session = requests.Session()
@@ -740,8 +741,15 @@ class GitLabClient:
 
     def _remember_failure(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         """A requests response hook: python-gitlab's errors do not carry the response headers."""
+        remaining = response.headers.get("RateLimit-Remaining", "")
+        if remaining.isdigit():
+            self._rate_limit_remaining = int(remaining)
         if response.status_code >= 400:
             self._local.headers = {key.lower(): value for key, value in response.headers.items()}
+
+    def rate_limit_remaining(self) -> int | None:
+        """Requests left in GitLab's rate-limit window, as the last response said (None: not seen yet)."""
+        return self._rate_limit_remaining
 
     @contextmanager
     def _calls(self, what: str) -> Iterator[None]:

@@ -1,0 +1,97 @@
+"""Prometheus metrics (``GET /metrics``), with prometheus-client.
+
+Counters and histograms are observed where things happen (the webhook edge, the worker, the
+feedback sender); gauges that describe state (journal depth, dead letters, active previews, the
+providers' remaining rate limit) are read at scrape time from the runtime, so they can never drift.
+Each app has its own registry: nothing global, nothing built at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.deliveries = Counter(
+            "devstack_webhook_deliveries", "Webhook deliveries accepted, by provider and what happened to them",
+            ["provider", "outcome"], registry=self.registry,
+        )
+        self.rejected = Counter(
+            "devstack_webhook_rejected", "Webhook deliveries refused, by provider and reason",
+            ["provider", "reason"], registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "devstack_batch_deliveries", "Deliveries planned together in one batch (one commit at most)",
+            buckets=BATCH_BUCKETS, registry=self.registry,
+        )
+        self.event_to_push = Histogram(
+            "devstack_event_to_push_seconds", "From a delivery's arrival to the push that applied it",
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.commits = Counter("devstack_commits", "Commits pushed to the GitOps repo", registry=self.registry)
+        self.push_retries = Counter(
+            "devstack_push_retries", "Pushes rejected because another writer pushed first (then re-planned)",
+            registry=self.registry,
+        )
+        self.git_failures = Counter(
+            "devstack_git_failures", "Batches that could not be written (remote down, ...)", registry=self.registry
+        )
+        self.feedback_sent = Counter(
+            "devstack_feedback_sent", "PR comments and replies sent", ["provider"], registry=self.registry
+        )
+        self.feedback_failures = Counter(
+            "devstack_feedback_failures", "Failed feedback attempts, by provider and kind (temporary, permanent)",
+            ["provider", "kind"], registry=self.registry,
+        )
+
+    def watch(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+
+class StateCollector(Collector):
+    """Gauges read from the runtime at each scrape."""
+
+    def __init__(
+        self, *, counts: Callable[[], Mapping[str, int]], outbox: Callable[[], Mapping[str, int]],
+        pending_by_queue: Callable[[], Mapping[str, int]], previews: Callable[[], Mapping[str, Any]],
+        rate_limits: Callable[[], Mapping[str, int | None]],
+    ) -> None:
+        self._counts = counts
+        self._outbox = outbox
+        self._pending = pending_by_queue
+        self._previews = previews
+        self._rate_limits = rate_limits
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("devstack_journal_pending", "Deliveries waiting in the journal", labels=["queue"])
+        for queue, count in sorted(self._pending().items()):
+            depth.add_metric([queue], count)
+        yield depth
+        counts, outbox = self._counts(), self._outbox()
+        dead = GaugeMetricFamily("devstack_dead_letters", "Dead letters, by kind", labels=["kind"])
+        dead.add_metric(["delivery"], counts.get("dead", 0))
+        dead.add_metric(["feedback"], outbox.get("dead", 0))
+        yield dead
+        yield GaugeMetricFamily("devstack_feedback_pending", "PR comments waiting to be sent",
+                                value=outbox.get("pending", 0))
+        previews = self._previews()
+        yield GaugeMetricFamily("devstack_active_previews", "Preview stacks in the GitOps repo", value=len(previews))
+        yield GaugeMetricFamily("devstack_active_services", "Services across all preview stacks",
+                                value=sum(len(elements) for elements in previews.values()))
+        limits = GaugeMetricFamily("devstack_provider_rate_limit_remaining",
+                                   "Requests left in the provider's rate-limit window (as last reported)",
+                                   labels=["provider"])
+        for provider, remaining in sorted(self._rate_limits().items()):
+            if remaining is not None:
+                limits.add_metric([provider], remaining)
+        yield limits
