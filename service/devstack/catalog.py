@@ -136,8 +136,32 @@ class SecuritySettings(_Model):
 class GitHubSettings(_Model):
     api_url: str = "https://api.github.com"
     token: SecretStr | None = None
+    app_id: int | None = Field(None, ge=1, description="GitHub App authentication instead of a token")
+    private_key: SecretStr | None = Field(None, description="the App's private key (PEM)")
+    private_key_file: Path | None = Field(None, description="or a file holding it (a mounted Secret)")
+    installation_id: int | None = Field(None, ge=1)
     webhook_secrets: list[SecretStr] = Field(default_factory=list)
     seconds_between_writes: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_way_to_authenticate(self) -> GitHubSettings:
+        app = [self.app_id, self.private_key or self.private_key_file, self.installation_id]
+        if any(app):
+            if not all(app):
+                raise ValueError("a GitHub App needs app_id, private_key (or private_key_file) and installation_id")
+            if self.token is not None:
+                raise ValueError("set either token or a GitHub App, not both")
+            if self.private_key_file is not None and not self.private_key_file.is_file():
+                raise ValueError(f"private_key_file {self.private_key_file} does not exist")
+        return self
+
+    def app_key(self) -> SecretStr | None:
+        """The App's private key, read from private_key or private_key_file (None without an App)."""
+        if self.private_key is not None:
+            return self.private_key
+        if self.private_key_file is not None:
+            return SecretStr(self.private_key_file.read_text(encoding="utf-8"))
+        return None
 
 
 class GitLabSettings(_Model):

@@ -156,7 +156,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             logger.info("using the generated webhook secret in %s", where)
     if not settings.gitops.url:
         logger.info("GitOps repo: local bare repo %s (branch %s)", settings.local_remote_path, settings.gitops.branch)
-    if settings.providers.github.token is None:
+    if settings.providers.github.token is None and settings.providers.github.app_id is None:
         logger.info("no GitHub token: PR feedback is recorded locally (GET /api/feedback)")
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None, access_log=False)
     return 0

@@ -70,7 +70,14 @@ def provider_clients(settings: Settings) -> dict[str, ProviderClient]:
     """An API client per provider that has a token; without one, feedback is recorded locally."""
     clients: dict[str, ProviderClient] = {}
     github = settings.providers.github
-    if github.token is not None and github.token.get_secret_value():
+    key = github.app_key()
+    if key is not None and github.app_id and github.installation_id:
+        from devstack.providers.github import GitHubApp, GitHubClient
+
+        app = GitHubApp(app_id=github.app_id, private_key=key, installation_id=github.installation_id)
+        clients["github"] = GitHubClient(api_url=github.api_url, app=app,
+                                         seconds_between_writes=github.seconds_between_writes)
+    elif github.token is not None and github.token.get_secret_value():
         from devstack.providers.github import GitHubClient
 
         clients["github"] = GitHubClient(

@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
@@ -28,13 +29,14 @@ from devstack.errors import BadPayload, ConfigError, ProviderError, ProviderReje
 from devstack.events import CommentEvent, Provider, PullRequestEvent, PullRequestState
 from devstack.providers import Ignored
 
-__all__ = ["GitHubClient", "GitHubWebhook", "Ignored", "parse_delivery", "verify_signature"]
+__all__ = ["GitHubApp", "GitHubClient", "GitHubWebhook", "Ignored", "parse_delivery", "verify_signature"]
+
+from pydantic import SecretStr
 
 if TYPE_CHECKING:
     from github.Issue import Issue
     from github.IssueComment import IssueComment
     from github.Repository import Repository
-    from pydantic import SecretStr
 
 logger = logging.getLogger(__name__)
 
@@ -332,6 +334,15 @@ _MAX_DESCRIPTION = 140  # GitHub refuses longer deployment (status) descriptions
 _SECONDARY_RATE_LIMIT_DELAY = 60.0  # GitHub: "wait for at least one minute before retrying"
 
 
+@dataclass(frozen=True, kw_only=True)
+class GitHubApp:
+    """GitHub App credentials: authenticate as an installation instead of with a token."""
+
+    app_id: int
+    private_key: SecretStr  # the PEM text
+    installation_id: int
+
+
 class GitHubClient:
     """Feedback calls through PyGithub against ``api_url`` (GitHub Enterprise: ``https://host/api/v3``).
 
@@ -345,7 +356,8 @@ class GitHubClient:
         self,
         *,
         api_url: str,
-        token: SecretStr,
+        token: SecretStr | None = None,
+        app: GitHubApp | None = None,
         seconds_between_writes: float = 1.0,
         timeout: float = 10.0,
         seconds_between_requests: float = 0.0,
@@ -353,14 +365,24 @@ class GitHubClient:
         parts = urlsplit(api_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError("providers.github.api_url: not an http(s) URL")
-        if not token.get_secret_value():
-            raise ConfigError("providers.github.token: empty")
-        self._token = token
+        auth: Auth.Auth
+        if app is not None:
+            # A GitHub App: a JWT signed with the private key buys installation tokens, which PyGithub
+            # renews before they expire (an hour).
+            auth = Auth.AppAuth(app.app_id, app.private_key.get_secret_value()).get_installation_auth(
+                app.installation_id
+            )
+            self._token = SecretStr("")
+        elif token is not None and token.get_secret_value():
+            auth = Auth.Token(token.get_secret_value())
+            self._token = token
+        else:
+            raise ConfigError("providers.github: set a token, or a GitHub App (app_id, private_key, installation_id)")
         self._login: str | None = None
         self._login_looked_up = False
         self._github = Github(
             base_url=api_url.rstrip("/"),
-            auth=Auth.Token(token.get_secret_value()),
+            auth=auth,
             timeout=max(1, math.ceil(timeout)),  # PyGithub insists on an int
             retry=None,  # the outbox retries, with backoff; never block a worker here
             per_page=100,

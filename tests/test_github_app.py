@@ -1,0 +1,85 @@
+"""GitHub App authentication: a JWT signed with the App's key buys an installation token."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import responses
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pydantic import SecretStr
+
+from devstack.catalog import load_settings
+from devstack.errors import ConfigError
+from devstack.providers.github import GitHubApp, GitHubClient
+from devstack.runtime import provider_clients
+
+API = "https://ghe.example.com/api/v3"
+MARKER = "<!-- devstack:preview -->"
+
+
+@pytest.fixture(scope="module")
+def key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def pem(key: rsa.RSAPrivateKey) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+@responses.activate
+def test_installation_token_is_bought_with_a_signed_jwt_and_used(key: rsa.RSAPrivateKey) -> None:
+    seen: dict[str, Any] = {}
+
+    def access_token(request: Any) -> tuple[int, dict[str, str], str]:
+        seen["jwt"] = request.headers["Authorization"].removeprefix("Bearer ")
+        return 201, {}, json.dumps({"token": "ghs_installationtoken", "expires_at": "2099-01-01T00:00:00Z"})
+
+    def comments(request: Any) -> tuple[int, dict[str, str], str]:
+        seen.setdefault("auth", []).append(request.headers["Authorization"])
+        if request.method == "GET":
+            return 200, {}, "[]"
+        return 201, {}, json.dumps({"id": 5, "body": json.loads(request.body)["body"]})
+
+    host = re.escape("https://ghe.example.com") + r"(:443)?/api/v3"
+    responses.add_callback(responses.POST, re.compile(host + r"/app/installations/77/access_tokens"),
+                           callback=access_token)
+    responses.add_callback(responses.GET, re.compile(host + r"/repos/acme/payments/issues/42/comments.*"),
+                           callback=comments)
+    responses.add_callback(responses.POST, re.compile(host + r"/repos/acme/payments/issues/42/comments$"),
+                           callback=comments)
+    client = GitHubClient(api_url=API, app=GitHubApp(app_id=1234, private_key=SecretStr(pem(key)),
+                                                       installation_id=77), seconds_between_writes=0)
+    assert client.upsert_comment(repo="acme/payments", number=42, body=f"{MARKER}\nhi", marker=MARKER) == 5
+    claims = jwt.decode(seen["jwt"], key.public_key(), algorithms=["RS256"])
+    assert claims["iss"] in ("1234", 1234)
+    assert claims["exp"] - claims["iat"] <= 660  # short-lived, as GitHub requires (at most 10 minutes)
+    assert set(seen["auth"]) == {"token ghs_installationtoken"}
+
+
+def test_settings_accept_an_app_and_refuse_half_of_one(tmp_path: Path, key: rsa.RSAPrivateKey) -> None:
+    key_file = tmp_path / "app.pem"
+    key_file.write_text(pem(key))
+    settings = load_settings(None, overrides={"providers": {"github": {
+        "app_id": 1234, "private_key_file": str(key_file), "installation_id": 77}}})
+    assert isinstance(provider_clients(settings)["github"], GitHubClient)
+    with pytest.raises(ConfigError, match="needs app_id, private_key"):
+        load_settings(None, overrides={"providers": {"github": {"app_id": 1234}}})
+    with pytest.raises(ConfigError, match="either token or a GitHub App"):
+        load_settings(None, overrides={"providers": {"github": {
+            "app_id": 1, "private_key": "x", "installation_id": 2, "token": "ghp_x"}}})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(None, overrides={"providers": {"github": {
+            "app_id": 1, "private_key_file": str(tmp_path / "nope.pem"), "installation_id": 2}}})
+    assert "BEGIN" not in repr(settings.providers.github)
+
+
+def test_a_client_needs_a_token_or_an_app() -> None:
+    with pytest.raises(ConfigError, match="set a token, or a GitHub App"):
+        GitHubClient(api_url=API)
