@@ -30,12 +30,14 @@ def free_port() -> int:
 
 
 class Serve:
-    def __init__(self, *, cwd: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, *, cwd: Path, args: list[str], env: dict[str, str] | None = None,
+                 log_args: list[str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = cwd / f"serve-{self.port}.log"
         self.process = subprocess.Popen(
-            [*DEVSTACK, "serve", "--port", str(self.port), *args], cwd=cwd, stdout=self.log.open("wb"),
+            [*DEVSTACK, *(log_args or []), "serve", "--port", str(self.port), *args], cwd=cwd,
+            stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
         )
         deadline = time.monotonic() + 30

@@ -153,7 +153,7 @@ class Worker:
             feedback=[(f.pr.key, f.pr.provider.value, feedback_to_dict(f)) for f in planned.feedback],
         )
         for event, decision in zip(events.values(), planned.decisions, strict=True):
-            with bind(delivery=event.delivery_id, pr=event.key):
+            with bind(delivery=event.delivery_id, pr=event.key, repo=getattr(event, "repo", None)):
                 logger.info("%s %s: %s%s", _action(event), event.key, decision.outcome,
                             f" ({decision.reason})" if decision.reason else "")
         if result.sha:
