@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from devstack import entries, naming
+from devstack.hooks.config import HooksSettings
 from devstack.planner import plan
 from tests.render_helpers import (
     ARGOCD_DIR,
@@ -97,7 +98,11 @@ def test_appproject_allows_only_preview_namespaces_and_what_the_chart_renders() 
     if (SHARED / "schemas" / "argocd" / "appproject-crd.yaml").is_file():
         validate_manifest(project)
     spec = project["spec"]
-    assert spec["destinations"] == [{"server": "https://kubernetes.default.svc", "namespace": "preview-*"}]
+    # Besides the previews, only the platform namespace of the provisioning hooks (docs/hooks.md).
+    assert spec["destinations"] == [
+        {"server": "https://kubernetes.default.svc", "namespace": "preview-*"},
+        {"server": "https://kubernetes.default.svc", "namespace": HooksSettings().platform_namespace},
+    ]
     assert spec["clusterResourceWhitelist"] == [{"group": "", "kind": "Namespace"}]
     assert len(spec["sourceRepos"]) == 2 and "*" not in spec["sourceRepos"]
     allowed = {(item["group"], item["kind"]) for item in spec["namespaceResourceWhitelist"]}

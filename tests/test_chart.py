@@ -56,7 +56,6 @@ CATALOGS: dict[str, dict[str, Any]] = {
         "quota": {"enabled": False}, "limitRange": {"enabled": False}, "networkPolicy": {"enabled": False},
         "probes": {"type": "none"},
     },
-    "hooks-reserved": {"hooks": {"postgres": True, "sqs": ["orders"], "secrets": ["payments-db"]}},
 }
 
 
@@ -406,3 +405,13 @@ def test_service_component_requires_the_service_values() -> None:
 def test_release_namespace_must_be_the_values_namespace() -> None:
     with pytest.raises(helm.HelmRenderError, match="is not the release namespace"):
         render(entry_values(), namespace="preview-other")
+
+
+def test_restart_rolls_the_deployment_through_a_pod_annotation() -> None:
+    """devstack restart / redeploy set values.restartedAt: a changed pod template is a rollout."""
+    plain = by_kind(render(entry_values()))["Deployment"]
+    assert "devstack.io/restartedAt" not in (plain["spec"]["template"]["metadata"].get("annotations") or {})
+    restarted = by_kind(render(entry_values(restartedAt="2026-11-20T13:00:00Z")))["Deployment"]
+    annotations = restarted["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["devstack.io/restartedAt"] == "2026-11-20T13:00:00Z"
+    validate_all(render(entry_values(restartedAt="2026-11-20T13:00:00Z")))

@@ -32,6 +32,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from devstack.durations import InvalidDuration, parse_duration
 from devstack.errors import ConfigError
+from devstack.hooks.config import HooksSettings
 from devstack.naming import hostname_problem, service_name_problem
 
 
@@ -244,6 +245,7 @@ class Settings(BaseSettings):
     services: dict[str, ServiceSettings] = Field(default_factory=dict)
     worker: WorkerSettings = WorkerSettings()
     feedback: FeedbackSettings = FeedbackSettings()
+    hooks: HooksSettings = HooksSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -276,6 +278,18 @@ class Settings(BaseSettings):
                 if dep not in value:
                     raise ValueError(f"{name}.depends_on names {dep!r}, which is not in services")
         return value
+
+    @model_validator(mode="after")
+    def _hooks_runnable(self) -> Settings:
+        """Every service's hooks must turn into chart values: refuse at startup, not at the first PR."""
+        from devstack.hooks.values import hook_values
+
+        for name, service in self.services.items():
+            try:
+                hook_values(service=name, declared=service.hooks, platform=self.hooks)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return self
 
     def repo_allowed(self, repo: str) -> bool:
         patterns = self.security.repos or sorted({s.repo for s in self.services.values()})

@@ -34,6 +34,7 @@ from devstack.catalog import Settings
 from devstack.durations import InvalidDuration, format_duration, parse_duration
 from devstack.entries import Element
 from devstack.events import Command, Provider, PullRequestEvent, PullRequestRef, PullRequestState
+from devstack.hooks.values import hook_values
 
 NEVER = "never"
 CLI_REQUESTER = "cli:up"
@@ -382,7 +383,7 @@ def _element(
         "routing": {"header": catalog.routing.header},
         "expiresAt": expires,
         "env": dict(spec.env),
-        "hooks": dict(spec.hooks),
+        "hooks": hook_values(service=service, declared=spec.hooks, platform=catalog.hooks),
     }
     if spec.base_host:
         values["baseHost"] = spec.base_host
