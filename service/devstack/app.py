@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from devstack import __version__
+from devstack import __version__, dashboard
 from devstack.catalog import Settings
 from devstack.commands import cli_command
 from devstack.errors import BadPayload, PayloadTooLarge, Unauthorized, WebhookError
@@ -93,12 +94,24 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
+        """Ready to take webhooks. A standby replica (not holding the Lease) is not ready.
+
+        Git trouble does not make devstack unready: deliveries still become durable in the journal
+        and are applied when the remote is back (taking the only replica out of its Service would
+        turn that into refused webhooks, which GitHub does not redeliver). It is reported here as
+        ``degraded`` with the reason, and in the metrics (``devstack_git_failures_total``).
+        """
         runtime: Runtime = request.app.state.runtime
+        if runtime.elector is not None and not runtime.elector.is_leader:
+            return JSONResponse({"status": "standby", "leader": runtime.elector.leader}, status_code=503)
+        try:
+            pending = await run_in_threadpool(runtime.journal.pending_by_queue)
+        except sqlite3.Error as exc:
+            return JSONResponse({"status": "unavailable", "reason": f"journal: {exc}"}, status_code=503)
         if runtime.worker.healthy:
-            return JSONResponse({"status": "ready"})
-        return JSONResponse(
-            {"status": "degraded", "reason": runtime.worker.last_error or "git store not open yet"}, status_code=503
-        )
+            return JSONResponse({"status": "ready", "pending": pending})
+        return JSONResponse({"status": "degraded", "pending": pending,
+                             "reason": f"git: {runtime.worker.last_error or 'the GitOps repo is not open yet'}"})
 
     @app.get("/api/previews")
     async def previews(request: Request) -> list[dict[str, Any]]:
@@ -180,6 +193,7 @@ def create_app(
         runtime: Runtime = request.app.state.runtime
         return {"redriven": await run_in_threadpool(runtime.journal.redrive)}
 
+    app.include_router(dashboard.router())
     return app
 
 

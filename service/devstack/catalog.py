@@ -218,6 +218,30 @@ class FeedbackSettings(_Model):
     deployments: bool = True
 
 
+class LeaderElectionSettings(_Model):
+    enabled: bool = False
+    name: str = Field("devstack", description="the Lease's name")
+    namespace: str = Field("", description="the Lease's namespace; empty: the Pod's own namespace")
+    lease_duration: int = Field(15, ge=1)
+    renew_deadline: float = Field(10.0, gt=0)
+    retry_period: float = Field(2.0, gt=0)
+
+
+class ArgoCDSettings(_Model):
+    enabled: bool = Field(False, description="refresh the ApplicationSets after each push and watch Applications")
+    namespace: str = "argocd"
+    applicationsets: list[str] = Field(
+        default_factory=lambda: ["devstack-previews", "devstack-preview-namespaces"]
+    )
+    status: bool = Field(True, description="show the Applications' live status in PR comments")
+
+
+class ClusterSettings(_Model):
+    kubeconfig: str | None = Field(None, description="outside a cluster: a kubeconfig path (default: in-cluster)")
+    leader_election: LeaderElectionSettings = LeaderElectionSettings()
+    argocd: ArgoCDSettings = ArgoCDSettings()
+
+
 class LabelSettings(_Model):
     prefix: str = "devstack/"
 
@@ -246,6 +270,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     hooks: HooksSettings = HooksSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @classmethod
     def settings_customise_sources(

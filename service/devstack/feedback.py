@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 from functools import cache
 from importlib import resources
@@ -73,8 +75,15 @@ _REASONS = {
 }
 
 
-def render_comment(feedback: Feedback) -> str:
-    """The whole body of the sticky comment (Markdown), starting with the hidden marker."""
+_PHASES = {"healthy": ":white_check_mark: healthy", "synced": ":hourglass: synced, starting",
+           "pending": ":hourglass: pending", "degraded": ":x: degraded"}
+
+
+def render_comment(feedback: Feedback, *, live: tuple[str, str] | None = None) -> str:
+    """The whole body of the sticky comment (Markdown), starting with the hidden marker.
+
+    ``live``: Argo CD's (phase, reason) for the feature, when devstack can read it.
+    """
     if feedback.status != "active":
         return _template("comment-removed.md").substitute(
             marker=MARKER,
@@ -95,7 +104,16 @@ def render_comment(feedback: Feedback) -> str:
         sha=_code(feedback.sha[:12] or "-"),
         expires="never" if feedback.expires_at == NEVER else feedback.expires_at.replace("T", " ").replace("Z", " UTC"),
         notes=_notes(feedback),
+        status=_status(live),
     ).rstrip("\n") + "\n"
+
+
+def _status(live: tuple[str, str] | None) -> str:
+    if live is None:
+        return ""
+    phase, reason = live
+    text = _PHASES.get(phase, phase)
+    return f" · **Status:** {text}" + (f" ({reason.replace('`', '')[:300]})" if reason else "")
 
 
 def _notes(feedback: Feedback) -> str:
@@ -143,25 +161,35 @@ class FeedbackSender:
     def __init__(
         self, *, settings: Settings, journal: Journal, clients: dict[str, FeedbackClient],
         metrics: Metrics | None = None,
+        live: Callable[[str], tuple[str, str] | None] = lambda feature: None,
     ) -> None:
         self._settings = settings
         self._journal = journal
         self._clients = clients
         self._metrics = metrics or Metrics()
+        self._live = live  # Argo CD's view of a feature: (phase, reason), when devstack can read it
+        # provider -> monotonic time until which it asked us to wait (rate limit, Retry-After): the limit is
+        # the token's, so no request for any PR goes out before then.
+        self._paused: dict[str, float] = {}
 
     def run_once(self, *, limit: int = 20) -> int:
         """Send what is due; returns how many items were handled (sent, recorded or failed)."""
         items = self._journal.take_feedback(limit=limit)
+        handled = 0
         for item in items:
+            if self._paused.get(item.provider, 0.0) > time.monotonic():
+                continue  # not an attempt: it waits for the pause like the item that hit the limit
+            handled += 1
             with bind(pr=item.pr, provider=item.provider):
                 self._send(item)
-        return len(items)
+        return handled
 
     def _send(self, item: OutboxItem) -> None:
         client = self._clients.get(item.provider)
         reply = item.payload.get("kind") == "reply"
         feedback = None if reply else feedback_from_dict(item.payload)
-        body = render_comment(feedback) if feedback is not None else str(item.payload["body"])
+        body = (render_comment(feedback, live=self._live(feedback.feature)) if feedback is not None
+                else str(item.payload["body"]))
         if client is None:
             self._journal.feedback_sent(item, body=body, status="recorded")
             logger.info("feedback recorded locally (no %s token configured)", item.provider)
@@ -179,6 +207,8 @@ class FeedbackSender:
             deployed = self._deployment(client, feedback, item)
         except TemporaryError as exc:
             self._metrics.feedback_failures.labels(item.provider, "temporary").inc()
+            if exc.delay:
+                self._paused[item.provider] = time.monotonic() + exc.delay
             dead = self._journal.feedback_failed(
                 item, error=str(exc), max_attempts=self._settings.feedback.max_attempts,
                 backoff_max=self._settings.feedback.backoff_max, delay=exc.delay,

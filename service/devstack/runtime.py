@@ -9,15 +9,19 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
+from devstack import cluster
 from devstack.catalog import Settings
 from devstack.commands import CommandRunner
-from devstack.feedback import FeedbackSender
-from devstack.gitops import GitStore
+from devstack.errors import DevstackError
+from devstack.feedback import FeedbackSender, feedback_to_dict
+from devstack.gitops import CommitResult, GitStore
 from devstack.journal import Journal
 from devstack.metrics import Metrics, StateCollector
+from devstack.planner import stack_feedback
 from devstack.providers import ProviderClient
 from devstack.reaper import Reaper, Resyncer, run_periodically
 from devstack.worker import Worker
@@ -108,7 +112,11 @@ def open_store(settings: Settings, *, workdir: Path | None = None) -> GitStore:
 
 @dataclass(kw_only=True)
 class Runtime:
-    """Everything ``devstack serve`` runs: the journal, the git store and the background loops."""
+    """Everything ``devstack serve`` runs: the journal, the git store and the background loops.
+
+    With leader election on, the loops run only while this replica holds the Lease (the elector
+    starts and stops them); without it they run from :meth:`start` on.
+    """
 
     settings: Settings
     journal: Journal
@@ -119,54 +127,138 @@ class Runtime:
     reaper: Reaper
     resyncer: Resyncer
     metrics: Metrics
+    elector: cluster.LeaderElector | None = None
+    refresher: cluster.ApplicationSetRefresher | None = None
+    status_watcher: cluster.StatusWatcher | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
+    _loops_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def build(cls, settings: Settings, *, clients: dict[str, ProviderClient] | None = None,
-              clone_path: Path | None = None) -> Runtime:
+              clone_path: Path | None = None, kube_api: Any = None) -> Runtime:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         clients = provider_clients(settings) if clients is None else clients
         journal = Journal(settings.journal_path)
         store = open_store(settings, workdir=clone_path)
         metrics = Metrics()
-        worker = Worker(settings=settings, journal=journal, store=store, metrics=metrics)
+        kube = settings.cluster
+        api = kube_api
+        if api is None and (kube.leader_election.enabled or kube.argocd.enabled):
+            api = cluster.load_api_client(kubeconfig=kube.kubeconfig)
+        refresher = (cluster.ApplicationSetRefresher(api=api, namespace=kube.argocd.namespace,
+                                                     names=kube.argocd.applicationsets)
+                     if kube.argocd.enabled else None)
+        holder: list[Runtime] = []
+        watcher = (cluster.StatusWatcher(api=api, namespace=kube.argocd.namespace,
+                                         on_change=lambda feature, status: holder[0].on_status(feature, status),
+                                         expected=lambda: cluster.expected_from_entries(worker.snapshot()))
+                   if kube.argocd.enabled and kube.argocd.status else None)
+
+        def pushed(result: CommitResult) -> None:
+            if refresher is not None:
+                refresher.request()
+            if watcher is not None:
+                watcher.refresh(result.changed)
+
+        worker = Worker(settings=settings, journal=journal, store=store, metrics=metrics, on_pushed=pushed)
         metrics.watch(StateCollector(
             counts=journal.counts, outbox=journal.outbox_counts, pending_by_queue=journal.pending_by_queue,
             previews=worker.snapshot,
             rate_limits=lambda: {name: client.rate_limit_remaining() for name, client in clients.items()},
         ))
-        return cls(
+
+        def live(feature: str) -> tuple[str, str] | None:
+            status = watcher.status(feature) if watcher is not None else None
+            return (status.phase.value, status.reason) if status is not None else None
+
+        runtime = cls(
             settings=settings, journal=journal, store=store, worker=worker, metrics=metrics,
-            sender=FeedbackSender(settings=settings, journal=journal, clients=dict(clients), metrics=metrics),
+            sender=FeedbackSender(settings=settings, journal=journal, clients=dict(clients), metrics=metrics,
+                                  live=live),
             commands=CommandRunner(settings=settings, journal=journal, clients=dict(clients)),
             reaper=Reaper(settings=settings, journal=journal, entries=worker.snapshot),
             resyncer=Resyncer(settings=settings, journal=journal, entries=worker.snapshot, clients=dict(clients)),
+            refresher=refresher, status_watcher=watcher,
         )
+        holder.append(runtime)
+        if kube.leader_election.enabled:
+            election = kube.leader_election
+            runtime.elector = cluster.LeaderElector(
+                api=api, namespace=election.namespace or cluster.pod_namespace(), name=election.name,
+                lease_duration=election.lease_duration, renew_deadline=election.renew_deadline,
+                retry_period=election.retry_period,
+                on_started_leading=runtime.start_loops, on_stopped_leading=runtime.stop_loops,
+            )
+        return runtime
 
     def start(self) -> None:
-        """Run the worker, feedback sender, command runner, reaper and resync in background threads."""
-        self.stop.clear()
-        loops: list[tuple[str, Callable[[], None]]] = [
-            ("worker", lambda: self.worker.run_forever(self.stop)),
-            ("feedback", lambda: self.sender.run_forever(self.stop)),
-            ("commands", lambda: self.commands.run_forever(self.stop)),
-            ("reaper", lambda: run_periodically(
-                self.stop, every=self.settings.reap_interval.total_seconds(), name="reap",
-                first_delay=min(30.0, self.settings.reap_interval.total_seconds()),
-                task=lambda: self.reaper.run_once() if self.worker.healthy else "reap: waiting for the git store")),
-            ("resync", lambda: run_periodically(
-                self.stop, every=self.settings.resync_interval.total_seconds(), name="resync",
-                first_delay=min(30.0, self.settings.resync_interval.total_seconds()),
-                task=lambda: self.resyncer.run_once() if self.worker.healthy else "resync: waiting for the git store")),
-        ]
-        self.threads = [threading.Thread(target=run, name=f"devstack-{name}", daemon=True) for name, run in loops]
-        for thread in self.threads:
-            thread.start()
+        """Start working: at once, or when this replica wins the Lease."""
+        if self.elector is not None:
+            self.elector.start()
+        else:
+            self.start_loops()
+
+    def start_loops(self) -> None:
+        """Run the worker, feedback sender, command runner, reaper, resync (and the Argo CD parts)."""
+        with self._loops_lock:
+            if self.threads:
+                return
+            self.stop.clear()
+            loops: list[tuple[str, Callable[[], None]]] = [
+                ("worker", lambda: self.worker.run_forever(self.stop)),
+                ("feedback", lambda: self.sender.run_forever(self.stop)),
+                ("commands", lambda: self.commands.run_forever(self.stop)),
+                ("reaper", lambda: run_periodically(
+                    self.stop, every=self.settings.reap_interval.total_seconds(), name="reap",
+                    first_delay=min(30.0, self.settings.reap_interval.total_seconds()),
+                    task=lambda: self.reaper.run_once() if self.worker.healthy else "reap: waiting for git")),
+                ("resync", lambda: run_periodically(
+                    self.stop, every=self.settings.resync_interval.total_seconds(), name="resync",
+                    first_delay=min(30.0, self.settings.resync_interval.total_seconds()),
+                    task=lambda: self.resyncer.run_once() if self.worker.healthy else "resync: waiting for git")),
+            ]
+            if self.refresher is not None:
+                loops.append(("refresh", self._refresh_loop))
+            self.threads = [threading.Thread(target=run, name=f"devstack-{name}", daemon=True) for name, run in loops]
+            for thread in self.threads:
+                thread.start()
+            if self.status_watcher is not None:
+                self.status_watcher.start()
+
+    def _refresh_loop(self) -> None:
+        refresher = self.refresher
+        assert refresher is not None
+        try:
+            refresher.check()
+        except DevstackError as exc:
+            logger.error("%s", exc)
+        refresher.run_forever(self.stop)
+
+    def stop_loops(self, timeout: float = 30.0) -> None:
+        """Stop every loop (on close, or when leadership is lost) and wait for them."""
+        with self._loops_lock:
+            self.stop.set()
+            if self.status_watcher is not None:
+                self.status_watcher.stop()
+            for thread in self.threads:
+                thread.join(timeout)
+            self.threads = []
 
     def close(self, *, timeout: float = 30.0) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout)
+        if self.elector is not None:
+            self.elector.stop(release=True)  # stops the loops, then hands the Lease over at once
+        self.stop_loops(timeout)
         self.store.close()
         self.journal.close()
+
+    def on_status(self, feature: str, status: cluster.FeatureStatus) -> None:
+        """Argo CD's view of a feature changed: re-render the comment of every PR of its stack."""
+        elements = self.worker.snapshot().get(feature)
+        if not elements:
+            return
+        logger.info("preview %s is %s%s", feature, status.phase.value, f": {status.reason}" if status.reason else "")
+        for key in sorted({k for e in elements for k in e["requestedBy"] if k.startswith(("github:", "gitlab:"))}):
+            feedback = stack_feedback(key=key, elements=elements, catalog=self.settings)
+            self.journal.enqueue_feedback(pr=key, provider=feedback.pr.provider.value,
+                                          payload=feedback_to_dict(feedback))

@@ -72,9 +72,11 @@ class Worker:
         store: GitStore,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         metrics: Metrics | None = None,
+        on_pushed: Callable[[CommitResult], None] | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics or Metrics()
+        self._on_pushed = on_pushed
         self._journal = journal
         self._store = store
         self._clock = clock
@@ -159,6 +161,8 @@ class Worker:
         if result.sha:
             logger.info("pushed %s: %d deliveries, %s changed, %d attempt(s)",
                         result.sha[:12], len(events), ",".join(result.changed), result.attempts)
+            if self._on_pushed is not None:
+                self._on_pushed(result)  # e.g. refresh the ApplicationSets now (never blocks)
         return BatchResult(
             deliveries=len(batch), commit=result.sha, attempts=result.attempts, changed=result.changed, dead=broken
         )
