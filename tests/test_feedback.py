@@ -68,3 +68,9 @@ def test_feedback_round_trips_through_the_outbox_format() -> None:
 def test_feature_text_cannot_break_out_of_code_spans() -> None:
     feedback = Feedback(pr=PR, pr_url="", status="removed", feature="a`b", sha="", reason="closed")
     assert "`ab`" in render_comment(feedback)
+
+
+def test_live_status_is_shown_when_known() -> None:
+    body = render_comment(CASES["comment-active"], live=("degraded", "payments-api: CrashLoopBackOff"))
+    assert "**Status:** :x: degraded (payments-api: CrashLoopBackOff)" in body
+    assert render_comment(CASES["comment-active"]) == (GOLDEN / "comment-active.md").read_text()  # unknown: no line
