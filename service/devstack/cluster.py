@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack.errors import DevstackError, PermanentError, TemporaryError
+from devstack.hooks.kube import status_message as _status_message
 
 logger = logging.getLogger(__name__)
 
@@ -91,18 +92,6 @@ def default_identity() -> str:
     return f"{base}_{uuid.uuid4().hex[:8]}"
 
 
-def _status_message(body: object) -> str:
-    """The ``message`` of a Kubernetes Status body (it names objects and verbs, never data)."""
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    if not isinstance(body, str):
-        return ""
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return ""
-    message = parsed.get("message") if isinstance(parsed, dict) else None
-    return message[:300] if isinstance(message, str) else ""
 
 
 def api_error(what: str, exc: BaseException) -> DevstackError:

@@ -77,7 +77,7 @@ def api_call(what: str, call: Callable[[], T], *, creates: bool = False) -> T:
     except ApiException as exc:
         status = int(exc.status or 0)
         message = f"{what}: the Kubernetes API answered {status} {exc.reason or ''}".rstrip()
-        detail = _status_message(exc.body)
+        detail = status_message(exc.body)
         if detail:
             message += f": {detail}"
         if status in (409, 429) or status >= 500 or status == 0 or (creates and status == 404):
@@ -102,7 +102,7 @@ def read_or_none(what: str, call: Callable[[], T]) -> T | None:
     return api_call(what, guarded)
 
 
-def _status_message(body: object) -> str:
+def status_message(body: object) -> str:
     """The ``message`` of a Kubernetes Status body (names objects and verbs, never data)."""
     if isinstance(body, bytes):
         body = body.decode("utf-8", "replace")

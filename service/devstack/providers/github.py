@@ -28,6 +28,10 @@ from github.Requester import Requester
 from devstack.errors import BadPayload, ConfigError, ProviderError, ProviderRejected, Unauthorized
 from devstack.events import CommentEvent, Provider, PullRequestEvent, PullRequestState
 from devstack.providers import Ignored
+from devstack.providers.payload import field as _field
+from devstack.providers.payload import object_at as _object
+from devstack.providers.payload import short as _short
+from devstack.providers.payload import string as _string
 
 __all__ = ["GitHubApp", "GitHubClient", "GitHubWebhook", "Ignored", "parse_delivery", "verify_signature"]
 
@@ -64,7 +68,6 @@ _SHA = re.compile(r"[0-9a-fA-F]{40}")
 _FULL_NAME = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 _URL = re.compile(r"https?://[^\s\"'<>]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_UNSAFE = re.compile(r"[^\w.:/-]", re.ASCII)
 _MAX_NUMBER = 10**12  # entries carry the number as at most 12 digits
 _MAX_REF = 255
 _MAX_URL = 500
@@ -211,31 +214,12 @@ def _comment(*, delivery_id: str, payload: object, received_at: datetime) -> Com
     )
 
 
-def _short(value: str) -> str:
-    """Sender-controlled text, quoted for a log line or a reply: short and printable."""
-    text = _UNSAFE.sub("?", value[:40]) + ("..." if len(value) > 40 else "")
-    return f"'{text}'"
 
 
-def _object(value: object, path: str) -> Mapping[str, object]:
-    if not isinstance(value, Mapping):
-        raise BadPayload(f"{path}: not an object")
-    return value
 
 
-def _field(obj: Mapping[str, object], key: str, path: str) -> object:
-    if key not in obj or obj[key] is None:
-        raise BadPayload(f"{path}: missing")
-    return obj[key]
 
 
-def _string(obj: Mapping[str, object], key: str, path: str, *, allow_empty: bool = False) -> str:
-    value = _field(obj, key, path)
-    if not isinstance(value, str):
-        raise BadPayload(f"{path}: not a string")
-    if not value and not allow_empty:
-        raise BadPayload(f"{path}: empty")
-    return value
 
 
 def _optional_bool(obj: Mapping[str, object], key: str, path: str) -> bool:

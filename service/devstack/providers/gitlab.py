@@ -45,6 +45,10 @@ import requests
 from devstack.errors import BadPayload, ConfigError, ProviderError, ProviderRejected, Unauthorized
 from devstack.events import CommentEvent, Provider, PullRequestEvent, PullRequestState
 from devstack.providers import Ignored
+from devstack.providers.payload import field as _field
+from devstack.providers.payload import object_at as _object
+from devstack.providers.payload import short as _short
+from devstack.providers.payload import string as _string
 
 __all__ = [
     "GitLabClient", "GitLabWebhook", "Ignored", "delivery_id", "merge_request_from_api", "parse_delivery",
@@ -95,7 +99,6 @@ _SHA = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")  # SHA-1, or SHA-256 objec
 _PROJECT_PATH = re.compile(r"(?!\.{1,2}(?:/|$))[A-Za-z0-9_.-]+(?:/(?!\.{1,2}(?:/|$))[A-Za-z0-9_.-]+)+")
 _URL = re.compile(r"https?://[^\s\"'<>]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_UNSAFE = re.compile(r"[^\w.:/-]", re.ASCII)
 # GitLab's draft title prefixes (before `draft` / `work_in_progress` existed in payloads).
 _DRAFT_TITLE = re.compile(r"\s*(\[draft\]|\(draft\)|draft:|\[wip\]|wip:)", re.IGNORECASE)
 # Users behind project / group access tokens are bots; older payloads lack ``user.bot``.
@@ -415,31 +418,12 @@ def _labels(value: object, path: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _short(value: str) -> str:
-    """Sender-controlled text, quoted for a log line or a reply: short and printable."""
-    text = _UNSAFE.sub("?", value[:40]) + ("..." if len(value) > 40 else "")
-    return f"'{text}'"
 
 
-def _object(value: object, path: str) -> Mapping[str, object]:
-    if not isinstance(value, Mapping):
-        raise BadPayload(f"{path}: not an object")
-    return value
 
 
-def _field(obj: Mapping[str, object], key: str, path: str) -> object:
-    if key not in obj or obj[key] is None:
-        raise BadPayload(f"{path}: missing")
-    return obj[key]
 
 
-def _string(obj: Mapping[str, object], key: str, path: str, *, allow_empty: bool = False) -> str:
-    value = _field(obj, key, path)
-    if not isinstance(value, str):
-        raise BadPayload(f"{path}: not a string")
-    if not value and not allow_empty:
-        raise BadPayload(f"{path}: empty")
-    return value
 
 
 def _positive_int(obj: Mapping[str, object], key: str, path: str) -> int:
