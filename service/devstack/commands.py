@@ -36,6 +36,7 @@ from devstack.errors import PermanentError, TemporaryError
 from devstack.events import Command, CommentEvent, PullRequestEvent, event_from_json
 from devstack.journal import Delivery, Journal
 from devstack.log import bind
+from devstack.loops import drain_forever
 from devstack.planner import label
 
 logger = logging.getLogger(__name__)
@@ -243,14 +244,7 @@ class CommandRunner:
         )
 
     def run_forever(self, stop: threading.Event, *, interval: float = 0.5) -> None:
-        while not stop.is_set():
-            try:
-                handled = self.run_once()
-            except Exception:
-                logger.exception("command runner crashed; continuing")
-                handled = 0
-            if not handled:
-                stop.wait(interval)
+        drain_forever(stop, step=self.run_once, name="command runner", interval=interval)
 
 
 # --- previews without a PR: devstack up / down / set / restart ----------------------------------

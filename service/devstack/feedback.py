@@ -27,6 +27,7 @@ from devstack.errors import PermanentError, TemporaryError
 from devstack.events import Provider, PullRequestRef
 from devstack.journal import Journal, OutboxItem
 from devstack.log import bind
+from devstack.loops import drain_forever
 from devstack.metrics import Metrics
 from devstack.planner import NEVER, Feedback, ServiceLink
 
@@ -245,11 +246,4 @@ class FeedbackSender:
         return feedback.sha
 
     def run_forever(self, stop: threading.Event, *, interval: float = 0.5) -> None:
-        while not stop.is_set():
-            try:
-                handled = self.run_once()
-            except Exception:
-                logger.exception("feedback sender crashed; continuing")
-                handled = 0
-            if not handled:
-                stop.wait(interval)
+        drain_forever(stop, step=self.run_once, name="feedback sender", interval=interval)

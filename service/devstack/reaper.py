@@ -16,7 +16,6 @@ injectable clock.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -205,22 +204,3 @@ def _closed(key: str, element: Element | None, *, now: datetime, stamp: str) -> 
         number=int(number), url=source.get("url", ""), title="", author="", head_sha=source.get("sha", ""),
         head_branch=source.get("branch", ""), base_branch="", state=PullRequestState.CLOSED, received_at=now,
     )
-
-
-# --- the loop ------------------------------------------------------------------------------------
-
-
-def run_periodically(
-    stop: threading.Event, *, every: float, task: Callable[[], object], name: str, first_delay: float = 5.0
-) -> None:
-    """Run ``task`` every ``every`` seconds until ``stop``; a failing pass is logged, never fatal."""
-    if stop.wait(first_delay):
-        return
-    while True:
-        try:
-            result = task()
-            logger.info("%s", result.format() if hasattr(result, "format") else result)
-        except Exception:
-            logger.exception("%s pass failed; next pass in %.0fs", name, every)
-        if stop.wait(every):
-            return

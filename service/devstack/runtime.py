@@ -20,10 +20,11 @@ from devstack.errors import DevstackError
 from devstack.feedback import FeedbackSender, feedback_to_dict
 from devstack.gitops import CommitResult, GitStore
 from devstack.journal import Journal
+from devstack.loops import run_periodically
 from devstack.metrics import Metrics, StateCollector
 from devstack.planner import stack_feedback
 from devstack.providers import ProviderClient
-from devstack.reaper import Reaper, Resyncer, run_periodically
+from devstack.reaper import Reaper, Resyncer
 from devstack.worker import Worker
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,41 @@
+"""The background loops of devstack serve: drain a queue until stopped, or run a pass periodically.
+
+A failing step is logged with its traceback and never ends the loop; a loop ends promptly when its
+stop event is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+
+def drain_forever(stop: threading.Event, *, step: Callable[[], int], name: str, interval: float = 0.5) -> None:
+    """Call ``step`` (which returns how much it handled) until ``stop``; wait ``interval`` when idle."""
+    while not stop.is_set():
+        try:
+            handled = step()
+        except Exception:
+            logger.exception("%s crashed; continuing", name)
+            handled = 0
+        if not handled:
+            stop.wait(interval)
+
+
+def run_periodically(
+    stop: threading.Event, *, every: float, task: Callable[[], object], name: str, first_delay: float = 5.0
+) -> None:
+    """Run ``task`` every ``every`` seconds until ``stop``; a failing pass is logged, never fatal."""
+    if stop.wait(first_delay):
+        return
+    while True:
+        try:
+            result = task()
+            logger.info("%s", result.format() if hasattr(result, "format") else result)
+        except Exception:
+            logger.exception("%s pass failed; next pass in %.0fs", name, every)
+        if stop.wait(every):
+            return
