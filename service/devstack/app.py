@@ -18,13 +18,14 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from devstack import __version__, dashboard
 from devstack.catalog import Settings
-from devstack.commands import cli_command
+from devstack.commands import CLI_OPS, cli_command
 from devstack.errors import BadPayload, PayloadTooLarge, Unauthorized, WebhookError
 from devstack.events import CommentEvent
 from devstack.journal import Delivery
@@ -36,6 +37,19 @@ from devstack.runtime import Runtime, api_tokens, webhook_secrets
 logger = logging.getLogger(__name__)
 
 _STATUS = {Unauthorized: 401, PayloadTooLarge: 413, BadPayload: 400}
+
+
+class ErrorAnswer(BaseModel):
+    error: str = Field(..., description="why the request was refused")
+
+
+_REASONS = {400: "malformed request", 401: "missing or wrong signature or token", 404: "not found",
+            413: "body larger than security.max_body_bytes"}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI declarations of the ``{"error": reason}`` answers a route may give."""
+    return {code: {"model": ErrorAnswer, "description": _REASONS[code]} for code in codes}
 
 
 def create_app(
@@ -61,6 +75,11 @@ def create_app(
 
     app = FastAPI(title="devstack", version=__version__, lifespan=lifespan)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """FastAPI's own refusals (a body that is not JSON, no such route) in the API's error shape."""
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
     @app.exception_handler(WebhookError)
     async def _webhook_error(request: Request, exc: WebhookError) -> JSONResponse:
         status = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 400)
@@ -77,12 +96,13 @@ def create_app(
         app.add_api_route(
             f"/webhooks/{provider.name}", receive, methods=["POST"], status_code=202,
             summary=f"Receive a {provider.name} webhook delivery",
+            responses={200: {"description": "a ping, or a delivery ignored or seen before"}, **_errors(400, 401, 413)},
         )
 
     for provider in webhook_providers():
         webhook_route(provider)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics(request: Request) -> Response:
         runtime: Runtime = request.app.state.runtime
         data = await run_in_threadpool(generate_latest, runtime.metrics.registry)
@@ -153,7 +173,7 @@ def create_app(
         ):
             raise Unauthorized("a valid API token is required: Authorization: Bearer <token>")
 
-    @app.post("/api/commands", status_code=202, dependencies=[Depends(authorized)])
+    @app.post("/api/commands", status_code=202, dependencies=[Depends(authorized)], responses=_errors(400, 401))
     async def commands(request: Request, body: CommandRequest) -> JSONResponse:
         """``devstack up | down | set | restart`` against this server: journaled like a webhook."""
         runtime: Runtime = request.app.state.runtime
@@ -167,7 +187,7 @@ def create_app(
         return JSONResponse({"status": "queued", "delivery": command.delivery_id, "feature": command.feature},
                             status_code=202)
 
-    @app.get("/api/deliveries/{delivery_id:path}")
+    @app.get("/api/deliveries/{delivery_id:path}", responses=_errors(404))
     async def delivery(request: Request, delivery_id: str) -> JSONResponse:
         runtime: Runtime = request.app.state.runtime
         row = await run_in_threadpool(runtime.journal.get, delivery_id)
@@ -175,20 +195,20 @@ def create_app(
             return JSONResponse({"error": "no such delivery"}, status_code=404)
         return JSONResponse(_delivery_view(row))
 
-    @app.post("/api/reap", dependencies=[Depends(authorized)])
+    @app.post("/api/reap", dependencies=[Depends(authorized)], responses=_errors(401))
     async def reap(request: Request, dry_run: bool = False) -> dict[str, Any]:
         runtime: Runtime = request.app.state.runtime
         summary = await run_in_threadpool(runtime.reaper.run_once, dry_run=dry_run)
         return {"summary": summary.format(), "expired": summary.expired, "warned": summary.warned}
 
-    @app.post("/api/resync", dependencies=[Depends(authorized)])
+    @app.post("/api/resync", dependencies=[Depends(authorized)], responses=_errors(401))
     async def resync(request: Request, dry_run: bool = False) -> dict[str, Any]:
         runtime: Runtime = request.app.state.runtime
         summary = await run_in_threadpool(runtime.resyncer.run_once, dry_run=dry_run)
         return {"summary": summary.format(), "healed": summary.healed, "pruned": summary.pruned,
                 "failed": summary.failed}
 
-    @app.post("/api/redrive", dependencies=[Depends(authorized)])
+    @app.post("/api/redrive", dependencies=[Depends(authorized)], responses=_errors(401))
     async def redrive(request: Request) -> dict[str, int]:
         runtime: Runtime = request.app.state.runtime
         return {"redriven": await run_in_threadpool(runtime.journal.redrive)}
@@ -200,7 +220,7 @@ def create_app(
 class CommandRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    op: str
+    op: str = Field(..., json_schema_extra={"enum": list(CLI_OPS)})  # documented; checked by cli_command
     feature: str = Field(..., max_length=300)
     services: list[str] = Field(default_factory=list, max_length=100)
     env: dict[str, str] = Field(default_factory=dict)

@@ -112,8 +112,8 @@ def plan(
     """Apply ``events`` in order to ``entries`` and say what changed and whom to tell.
 
     ``approvals``: PR key -> the head sha a writer approved with ``/devstack approve`` (fork PRs).
-    ``now`` is only used by commands that carry no time of their own; expiries come from each
-    event's ``received_at``, so replays are deterministic.
+    ``now`` is part of the contract but deliberately unused today: every time the planner needs is
+    the ``received_at`` of an event (or command), so replaying a journal gives the same bytes.
     """
     before = {feature: [dict(e) for e in elements] for feature, elements in entries.items()}
     state = {feature: [dict(e) for e in elements] for feature, elements in entries.items()}
