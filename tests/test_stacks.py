@@ -213,3 +213,17 @@ def test_fork_deployed_only_when_approved_for_that_sha(settings: Settings) -> No
                   approvals={PAYMENTS: SHA1})
     assert pushed.changed == {"login-fix": None}  # a new push needs a new approval
     assert pushed.feedback[0].reason == "fork"
+
+
+def test_the_planner_never_mutates_the_entries_it_is_given(settings: Settings) -> None:
+    """The worker's cache and snapshot share the entries: planning copies what it changes."""
+    import copy
+
+    first = run(settings, event(labels=("devstack/with:ledger",)), ledger_pr(), event(number=7, head_branch="x",
+                delivery_id="x", url="https://github.com/acme/payments/pull/7"))
+    frozen = copy.deepcopy(first.entries)
+    run(settings, ledger_pr(action="closed", state=PullRequestState.CLOSED),
+        event(action="synchronize", head_sha=SHA2, delivery_id="s"), command("redeploy", pr=PAYMENTS),
+        command("set", feature="x", services=(("payments-api", ""),), args=(("env.A", "b"),)),
+        command("down", feature="x"), state=first.entries)
+    assert first.entries == frozen

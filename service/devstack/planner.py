@@ -101,6 +101,71 @@ class _Batch:
     touched: set[str] = field(default_factory=set)  # features a command changed
 
 
+class _State:
+    """The entries while one batch is planned.
+
+    Copy on write: a feature's elements are copied the first time the batch changes them, so the
+    caller's entries (shared with the worker's cache and snapshot) are never mutated, and a batch
+    costs what it touches, not what the repository holds. An index from PR key to the features that
+    name it (as requester or builder) spares scanning every stack for every event.
+    """
+
+    def __init__(self, entries: Mapping[str, Sequence[Element]]) -> None:
+        self.before = entries
+        self.current: dict[str, Sequence[Element]] = dict(entries)
+        self.touched: set[str] = set()
+        self._keys: dict[str, set[str]] = {}  # feature -> PR keys it names
+        self._features: dict[str, set[str]] = {}  # PR key -> features naming it
+        for feature in entries:
+            self._index(feature)
+        self._features_before = {key: frozenset(features) for key, features in self._features.items()}
+
+    def get(self, feature: str) -> Sequence[Element]:
+        return self.current.get(feature, ())
+
+    def own(self, feature: str) -> list[Element]:
+        """The elements of ``feature``, copied once per batch, to be changed in place (then reindexed)."""
+        if feature not in self.touched:
+            self.current[feature] = [dict(e) for e in self.current.get(feature, ())]
+            self.touched.add(feature)
+        elements = self.current[feature]
+        assert isinstance(elements, list)
+        return elements
+
+    def replace(self, feature: str, elements: list[Element]) -> None:
+        self.touched.add(feature)
+        self.current[feature] = elements
+        self._index(feature)
+
+    def reindex(self, feature: str) -> None:
+        self._index(feature)
+
+    def features_naming(self, key: str) -> list[str]:
+        return sorted(self._features.get(key, ()))
+
+    def stack_of(self, key: str) -> str | None:
+        """The feature whose stack PR ``key`` asks for (first by name, should there be two)."""
+        return next((f for f in self.features_naming(key) if key in _requesters(self.get(f))), None)
+
+    def stack_before(self, key: str) -> str | None:
+        """:meth:`stack_of` in the entries as they were before the batch."""
+        features = sorted(self._features_before.get(key, ()))
+        return next((f for f in features if key in _requesters(self.before.get(f, ()))), None)
+
+    def _index(self, feature: str) -> None:
+        for key in self._keys.pop(feature, ()):
+            self._features[key].discard(feature)
+        keys: set[str] = set()
+        for element in self.current.get(feature, ()):
+            keys.update(element["requestedBy"])
+            built = source_key(element)
+            if built:
+                keys.add(built)
+        self._keys[feature] = keys
+        for key in keys:
+            self._features.setdefault(key, set()).add(feature)
+
+
 def plan(
     *,
     events: Sequence[PlannerEvent],
@@ -115,8 +180,7 @@ def plan(
     ``now`` is part of the contract but deliberately unused today: every time the planner needs is
     the ``received_at`` of an event (or command), so replaying a journal gives the same bytes.
     """
-    before = {feature: [dict(e) for e in elements] for feature, elements in entries.items()}
-    state = {feature: [dict(e) for e in elements] for feature, elements in entries.items()}
+    state = _State(entries)
     batch = _Batch()
     decisions: list[Decision] = []
     for event in events:
@@ -132,22 +196,27 @@ def plan(
             Decision(delivery_id=event.delivery_id, pr=target, outcome="ignored" if reason else "applied",
                      reason=reason or "")
         )
-    state = {feature: _with_namespace_owner(elements) for feature, elements in state.items() if elements}
     changed: dict[str, list[Element] | None] = {}
-    for feature in sorted(set(before) | set(state)):
-        old, new = before.get(feature), state.get(feature)
-        if _canonical(old) != _canonical(new):
+    for feature in sorted(state.touched):
+        elements = state.get(feature)
+        new = _with_namespace_owner(list(elements)) if elements else None
+        if new is None:
+            state.current.pop(feature, None)
+        else:
+            state.current[feature] = new
+        if _canonical(entries.get(feature)) != _canonical(new):
             changed[feature] = new
-    feedback = _feedback(before=before, after=state, batch=batch, catalog=catalog)
+    feedback = _feedback(state=state, batch=batch, catalog=catalog)
     del now
-    return Plan(entries=state, changed=changed, feedback=feedback, decisions=decisions)
+    after = {feature: list(elements) for feature, elements in state.current.items()}
+    return Plan(entries=after, changed=changed, feedback=feedback, decisions=decisions)
 
 
 # --- pull request events -------------------------------------------------------------------------
 
 
 def _apply(
-    state: dict[str, list[Element]],
+    state: _State,
     event: PullRequestEvent,
     catalog: Settings,
     approvals: Mapping[str, str],
@@ -155,8 +224,8 @@ def _apply(
 ) -> str | None:
     """Change ``state`` for ``event``; return why it wants no preview (None when it has one)."""
     feature = feature_of(event, catalog)
-    prior = stack_expiry(state.get(feature, []))
-    previous = {e["service"]: e for e in state.get(feature, [])}  # for the CLI overrides they carry
+    prior = stack_expiry(state.get(feature))
+    previous = {e["service"]: e for e in state.get(feature)}  # for the CLI overrides they carry
     _withdraw(state, event.key, catalog)
     reason = why_no_preview(event, catalog, approvals)
     if reason:
@@ -169,7 +238,7 @@ def _apply(
             f"(in a `{label(catalog, 'with:')}` label); the catalog has: "
             + ", ".join(f"`{name}`" for name in sorted(catalog.services))
         )
-    elements = state.setdefault(feature, [])
+    elements = state.own(feature)
     for service in own:
         element = build_element(event=event, catalog=catalog, feature=feature, service=service)
         if service in previous:
@@ -185,18 +254,19 @@ def _apply(
     if note:
         batch.notes.setdefault(event.key, []).append(note)
     _set_expiry(elements, expiry)
+    state.reindex(feature)
     return None
 
 
-def _withdraw(state: dict[str, list[Element]], key: str, catalog: Settings) -> None:
+def _withdraw(state: _State, key: str, catalog: Settings) -> None:
     """Take back everything ``key`` asked for.
 
     Elements nobody asks for any more go; an element ``key`` built that others still ask for falls
     back to its base tag.
     """
-    for feature, elements in state.items():
+    for feature in state.features_naming(key):
         kept = []
-        for element in elements:
+        for element in state.get(feature):
             requested = [k for k in element["requestedBy"] if k != key]
             if not requested:
                 continue
@@ -204,7 +274,7 @@ def _withdraw(state: dict[str, list[Element]], key: str, catalog: Settings) -> N
                 element = base_element(catalog=catalog, feature=feature, service=element["service"],
                                        requester=requested[0], keep=element)
             kept.append({**element, "requestedBy": requested})
-        state[feature] = kept
+        state.replace(feature, kept)
 
 
 def _put(elements: list[Element], element: Element, key: str) -> None:
@@ -441,25 +511,34 @@ def _with_namespace_owner(elements: list[Element]) -> list[Element]:
 # --- commands (CLI, comment commands, reaper) ----------------------------------------------------
 
 
-def _command(state: dict[str, list[Element]], command: Command, catalog: Settings, batch: _Batch) -> str | None:
+def _command(state: _State, command: Command, catalog: Settings, batch: _Batch) -> str | None:
     """Apply a command; return why it did nothing (None when it changed or confirmed the state)."""
-    feature = command.feature or (stack_of(state, command.pr) if command.pr else None)
+    feature = command.feature or (state.stack_of(command.pr) if command.pr else None)
     if feature is None or (command.op != "up" and not state.get(feature)):
         return "no such preview"
     batch.touched.add(feature)
-    elements = state.setdefault(feature, [])
+    elements = state.own(feature)
+    try:
+        return _run_command(state, elements, command, catalog, batch, feature=feature)
+    finally:
+        state.reindex(feature)
+
+
+def _run_command(
+    state: _State, elements: list[Element], command: Command, catalog: Settings, batch: _Batch, *, feature: str
+) -> str | None:
     args = dict(command.args)
     if command.op == "up":
         return _up(elements, command, catalog, feature=feature)
     if command.op == "down":
-        state[feature] = []
+        state.replace(feature, [])
         for key in _requesters(elements):
             batch.why_not[key] = "down"
         return None
     if command.op == "expire":
         if stack_expiry(elements) != args.get("expiresAt") or args.get("expiresAt") == NEVER:
             return "extended meanwhile"
-        state[feature] = []
+        state.replace(feature, [])
         for key in _requesters(elements):
             batch.why_not[key] = "expired"
         return None
@@ -540,47 +619,36 @@ def _requesters(elements: Iterable[Element]) -> set[str]:
     return {key for element in elements for key in element["requestedBy"]}
 
 
-def stack_of(state: Mapping[str, Sequence[Element]], key: str) -> str | None:
-    for feature, elements in state.items():
-        if key in _requesters(elements):
-            return feature
-    return None
 
 
 def _is_pr(key: str) -> bool:
     return key.startswith(("github:", "gitlab:"))
 
 
-def _feedback(
-    *,
-    before: Mapping[str, list[Element]],
-    after: Mapping[str, list[Element]],
-    batch: _Batch,
-    catalog: Settings,
-) -> list[Feedback]:
+def _feedback(*, state: _State, batch: _Batch, catalog: Settings) -> list[Feedback]:
     """One :class:`Feedback` per PR whose comment must change: the PRs of this batch and the other PRs
     of every stack they touched (a multi-repo stack lists all its services in every PR)."""
     touched = set(batch.touched)
     for key in batch.latest:
-        for state in (before, after):
-            feature = stack_of(state, key)
+        for feature in (state.stack_before(key), state.stack_of(key)):
             if feature:
                 touched.add(feature)
     keys = set(batch.latest)
     for feature in touched:
-        keys |= _requesters(before.get(feature, [])) | _requesters(after.get(feature, []))
+        keys |= _requesters(state.before.get(feature, ())) | _requesters(state.get(feature))
     result = []
     for key in sorted(k for k in keys if _is_pr(k)):
         event = batch.latest.get(key)
         notes = tuple(batch.notes.get(key, ()))
-        feature = stack_of(after, key)
+        feature = state.stack_of(key)
         if feature is not None:
-            result.append(stack_feedback(key=key, elements=after[feature], catalog=catalog, event=event, notes=notes))
+            result.append(stack_feedback(key=key, elements=state.get(feature), catalog=catalog, event=event,
+                                         notes=notes))
             continue
-        had = stack_of(before, key)
+        had = state.stack_before(key)
         if had is None:
             continue
-        ref, url, sha = _pr_identity(key, before[had], event)
+        ref, url, sha = _pr_identity(key, state.before[had], event)
         result.append(Feedback(pr=ref, pr_url=url, status="removed", feature=had, sha=sha,
                                reason=batch.why_not.get(key, "") or "removed", notes=notes))
     return result
