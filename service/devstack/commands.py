@@ -244,7 +244,8 @@ class CommandRunner:
         )
 
     def run_forever(self, stop: threading.Event, *, interval: float = 0.5) -> None:
-        drain_forever(stop, step=self.run_once, name="command runner", interval=interval)
+        drain_forever(stop, step=self.run_once, name="command runner",
+                      idle=lambda: self._journal.wait("comments", interval))
 
 
 # --- previews without a PR: devstack up / down / set / restart ----------------------------------

@@ -246,4 +246,5 @@ class FeedbackSender:
         return feedback.sha
 
     def run_forever(self, stop: threading.Event, *, interval: float = 0.5) -> None:
-        drain_forever(stop, step=self.run_once, name="feedback sender", interval=interval)
+        drain_forever(stop, step=self.run_once, name="feedback sender",
+                      idle=lambda: self._journal.wait("feedback", interval))

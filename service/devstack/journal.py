@@ -122,6 +122,8 @@ class Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
         self._lock = threading.Lock()
+        # Set when work arrives, so the loops wake at once instead of at their next poll.
+        self._signals = {name: threading.Event() for name in ("git", "comments", "feedback")}
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -135,6 +137,21 @@ class Journal:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def signal(self, queue: str) -> None:
+        """Wake whoever waits on ``queue`` (``git``, ``comments`` or ``feedback``)."""
+        self._signals[queue].set()
+
+    def wait(self, queue: str, timeout: float) -> bool:
+        """Wait until work is signalled on ``queue`` or ``timeout`` passes; True when signalled."""
+        event = self._signals[queue]
+        signalled = event.wait(timeout)
+        event.clear()
+        return signalled
+
+    def wake_all(self) -> None:
+        for event in self._signals.values():
+            event.set()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -169,7 +186,10 @@ class Journal:
                 " received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (delivery_id, provider, event, pr, payload, status, queue, ignored, self._clock()),
             )
-            return cursor.rowcount == 1
+            new = cursor.rowcount == 1
+        if new and not ignored:
+            self.signal(queue)
+        return new
 
     def take_batch(self, *, limit: int, queue: str = "git") -> list[Delivery]:
         """The oldest pending deliveries, in arrival order (they stay pending until completed).
@@ -201,8 +221,12 @@ class Journal:
                 " WHERE seq = ?",
                 [(outcome[:500], now, seq) for seq, outcome in outcomes.items()],
             )
+            queued = 0
             for pr, provider, payload in feedback:
                 _enqueue(db, pr=pr, provider=provider, payload=payload, now=now)
+                queued += 1
+        if queued:
+            self.signal("feedback")
 
     def retry(self, seqs: Sequence[int], *, error: str, max_attempts: int, backoff_max: float,
               delay: float | None = None) -> list[int]:
@@ -239,8 +263,14 @@ class Journal:
             )
 
     def redrive(self, seqs: Sequence[int] | None = None) -> int:
-        """Put dead letters (all, or the given seqs) back in the queue; returns how many."""
+        """Put dead letters (all, or the given seqs) back in the queue; returns how many.
+
+        A dead pull-request state is not put back when a newer state of the same PR was applied since:
+        applying it would move the preview back to an old sha, or bring back the preview of a PR closed
+        meanwhile. It is marked done, superseded by that delivery.
+        """
         with self._tx() as db:
+            _supersede(db, seqs=seqs, now=self._clock())
             if seqs is None:
                 cursor = db.execute(
                     "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = 0 WHERE status = 'dead'"
@@ -320,6 +350,7 @@ class Journal:
     def enqueue_feedback(self, *, pr: str, provider: str, payload: dict[str, Any]) -> None:
         with self._tx() as db:
             _enqueue(db, pr=pr, provider=provider, payload=payload, now=self._clock())
+        self.signal("feedback")
 
     def take_feedback(self, *, limit: int) -> list[OutboxItem]:
         rows = self._query(
@@ -377,6 +408,33 @@ class Journal:
 
     def dead_feedback(self) -> list[OutboxItem]:
         return [item for item in self.feedback() if item.status == "dead"]
+
+
+def _supersede(db: sqlite3.Connection, *, seqs: Sequence[int] | None, now: float) -> None:
+    """Mark done the dead PR states that a newer, applied state of the same PR supersedes."""
+    for row in db.execute("SELECT seq, pr, payload FROM deliveries WHERE status = 'dead' AND pr != ''").fetchall():
+        if (seqs is not None and row["seq"] not in seqs) or _kind(row["payload"]) != "pull_request":
+            continue
+        newer = db.execute(
+            "SELECT delivery_id, payload FROM deliveries WHERE pr = ? AND seq > ? AND status = 'done'"
+            " ORDER BY seq DESC",
+            (row["pr"], row["seq"]),
+        ).fetchall()
+        winner = next((n["delivery_id"] for n in newer if _kind(n["payload"]) == "pull_request"), None)
+        if winner is not None:
+            db.execute(
+                "UPDATE deliveries SET status = 'done', outcome = ?, finished_at = ? WHERE seq = ?",
+                (f"superseded by {winner}, applied after it (not re-driven)"[:500], now, row["seq"]),
+            )
+
+
+def _kind(payload: str) -> str:
+    """The ``kind`` of a journaled event ("" when unreadable)."""
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return ""
+    return str(data.get("kind", "")) if isinstance(data, dict) else ""
 
 
 def _enqueue(db: sqlite3.Connection, *, pr: str, provider: str, payload: dict[str, Any], now: float) -> None:

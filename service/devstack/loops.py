@@ -13,16 +13,26 @@ from collections.abc import Callable
 logger = logging.getLogger(__name__)
 
 
-def drain_forever(stop: threading.Event, *, step: Callable[[], int], name: str, interval: float = 0.5) -> None:
-    """Call ``step`` (which returns how much it handled) until ``stop``; wait ``interval`` when idle."""
+def drain_forever(
+    stop: threading.Event, *, step: Callable[[], int], name: str, idle: Callable[[], object] | None = None,
+    interval: float = 0.5,
+) -> None:
+    """Call ``step`` (which returns how much it handled) until ``stop``.
+
+    When idle, call ``idle`` (e.g. a wait that returns as soon as new work is signalled), else wait
+    ``interval``.
+    """
     while not stop.is_set():
         try:
             handled = step()
         except Exception:
             logger.exception("%s crashed; continuing", name)
             handled = 0
-        if not handled:
-            stop.wait(interval)
+        if not handled and not stop.is_set():
+            if idle is not None:
+                idle()
+            else:
+                stop.wait(interval)
 
 
 def run_periodically(

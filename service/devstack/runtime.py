@@ -240,6 +240,7 @@ class Runtime:
         """Stop every loop (on close, or when leadership is lost) and wait for them."""
         with self._loops_lock:
             self.stop.set()
+            self.journal.wake_all()  # the loops waiting for work notice the stop at once
             if self.status_watcher is not None:
                 self.status_watcher.stop()
             for thread in self.threads:

@@ -247,8 +247,9 @@ class Worker:
                 logger.exception("worker crashed; continuing")
                 stop.wait(min(self._settings.worker.backoff_max, 2.0 ** min(failures, 8)))
                 continue
-            if result is None:
-                stop.wait(self._settings.worker.poll_interval)
+            if result is None and not stop.is_set():
+                # woken at once when a delivery is journaled; the poll catches retries coming due
+                self._journal.wait("git", self._settings.worker.poll_interval)
 
     def drain(self, *, timeout: float = 30.0) -> int:
         """Process until the journal has nothing due (tests, CLI one-shots); returns batches run."""
