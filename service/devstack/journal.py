@@ -25,7 +25,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +191,24 @@ class Journal:
             self.signal(queue)
         return new
 
+    def record_many(self, items: Sequence[Mapping[str, str]], *, queue: str = "git") -> int:
+        """Record many deliveries (``delivery_id``, ``provider``, ``event``, ``pr``, ``payload``) in one
+        transaction; returns how many were new. For devstack's own passes (reaper, resync)."""
+        now = self._clock()
+        with self._tx() as db:
+            new = 0
+            for item in items:
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO deliveries (delivery_id, provider, event, pr, payload, status, queue,"
+                    " received_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                    (item["delivery_id"], item["provider"], item["event"], item.get("pr", ""), item["payload"],
+                     queue, now),
+                )
+                new += cursor.rowcount
+        if new:
+            self.signal(queue)
+        return new
+
     def take_batch(self, *, limit: int, queue: str = "git") -> list[Delivery]:
         """The oldest pending deliveries, in arrival order (they stay pending until completed).
 
@@ -333,19 +351,27 @@ class Journal:
         """PR key -> the head sha a writer approved (valid for that sha only)."""
         return {row["pr"]: row["sha"] for row in self._query("SELECT pr, sha FROM approvals")}
 
-    def warned(self, feature: str) -> str | None:
-        rows = self._query("SELECT expires_at FROM warnings WHERE feature = ?", (feature,))
-        return str(rows[0]["expires_at"]) if rows else None
-
-    def mark_warned(self, feature: str, expires_at: str) -> None:
+    def warn(self, warnings: Sequence[tuple[str, str, Sequence[tuple[str, str, dict[str, Any]]]]]) -> None:
+        """For each (feature, expiry, feedback): queue the warning comments and remember the warning,
+        all in one transaction."""
+        now = self._clock()
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO warnings (feature, expires_at) VALUES (?, ?) ON CONFLICT (feature) DO UPDATE"
-                " SET expires_at = excluded.expires_at",
-                (feature, expires_at),
-            )
+            for feature, expires_at, feedback in warnings:
+                for pr, provider, payload in feedback:
+                    _enqueue(db, pr=pr, provider=provider, payload=payload, now=now)
+                db.execute(
+                    "INSERT INTO warnings (feature, expires_at) VALUES (?, ?) ON CONFLICT (feature) DO UPDATE"
+                    " SET expires_at = excluded.expires_at",
+                    (feature, expires_at),
+                )
+        if warnings:
+            self.signal("feedback")
 
-    # --- feedback outbox -------------------------------------------------------------------------
+    def warned_all(self) -> dict[str, str]:
+        """feature -> the expiry its PRs were last warned about."""
+        return {row["feature"]: row["expires_at"] for row in self._query("SELECT feature, expires_at FROM warnings")}
+
+
 
     def enqueue_feedback(self, *, pr: str, provider: str, payload: dict[str, Any]) -> None:
         with self._tx() as db:

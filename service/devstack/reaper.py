@@ -87,27 +87,28 @@ class Reaper:
         state = self._entries()
         now = self._clock()
         expired, warn = due(state, now=now, warn_before=self._settings.ttl.warn_before)
-        warned = [(f, x) for f, x in warn if self._journal.warned(f) != x]
+        already = self._journal.warned_all()
+        warned = [(f, x) for f, x in warn if already.get(f) != x]
         summary = ReapSummary(checked=len(state), expired=expired, warned=warned, dry_run=dry_run)
         if dry_run:
             return summary
+        commands = [Command(delivery_id=f"expire:{feature}:{expiry}", op="expire", feature=feature,
+                            args=(("expiresAt", expiry),), actor="reaper", received_at=now)
+                    for feature, expiry in expired]
+        self._journal.record_many([{"delivery_id": c.delivery_id, "provider": "devstack", "event": "command:expire",
+                                    "pr": c.key, "payload": c.to_json()} for c in commands])
         for feature, expiry in expired:
-            command = Command(delivery_id=f"expire:{feature}:{expiry}", op="expire", feature=feature,
-                              args=(("expiresAt", expiry),), actor="reaper", received_at=now)
-            if self._journal.record(delivery_id=command.delivery_id, provider="devstack", event="command:expire",
-                                    pr=command.key, payload=command.to_json()):
-                logger.info("preview %s expired at %s: removing", feature, expiry)
+            logger.info("preview %s expired at %s: removing", feature, expiry)
+        warnings = []
         for feature, expiry in warned:
             text = (f"This preview expires at {expiry.replace('T', ' ').replace('Z', ' UTC')}. Push, comment "
                     "`/devstack extend`, or set a `ttl` label to keep it.")
-            for key in sorted({k for e in state[feature] for k in e["requestedBy"]}):
-                if not key.startswith(("github:", "gitlab:")):
-                    continue
-                feedback = stack_feedback(key=key, elements=state[feature], catalog=self._settings, warning=text)
-                self._journal.enqueue_feedback(pr=key, provider=feedback.pr.provider.value,
-                                               payload=feedback_to_dict(feedback))
-            self._journal.mark_warned(feature, expiry)
+            feedback = [stack_feedback(key=key, elements=state[feature], catalog=self._settings, warning=text)
+                        for key in sorted({k for e in state[feature] for k in e["requestedBy"]})
+                        if key.startswith(("github:", "gitlab:"))]
+            warnings.append((feature, expiry, [(f.pr.key, f.pr.provider.value, feedback_to_dict(f)) for f in feedback]))
             logger.info("preview %s expires at %s: PRs warned", feature, expiry)
+        self._journal.warn(warnings)
         return summary
 
 
@@ -186,9 +187,9 @@ class Resyncer:
                 events.append(closed)
                 summary.pruned.append(key)
         if not dry_run:
-            for event in events:
-                self._journal.record(delivery_id=event.delivery_id, provider=event.provider.value,
-                                     event="pull_request", pr=event.key, payload=event.to_json())
+            self._journal.record_many([{"delivery_id": e.delivery_id, "provider": e.provider.value,
+                                        "event": "pull_request", "pr": e.key, "payload": e.to_json()}
+                                       for e in events])
         return summary
 
 
