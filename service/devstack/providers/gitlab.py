@@ -34,7 +34,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -45,6 +44,9 @@ import requests
 from devstack.errors import BadPayload, ConfigError, ProviderError, ProviderRejected, Unauthorized
 from devstack.events import CommentEvent, Provider, PullRequestEvent, PullRequestState
 from devstack.providers import Ignored
+from devstack.providers.http import epoch as _epoch
+from devstack.providers.http import retry_after as _retry_after
+from devstack.providers.http import scrub as _scrub
 from devstack.providers.payload import field as _field
 from devstack.providers.payload import object_at as _object
 from devstack.providers.payload import short as _short
@@ -804,29 +806,3 @@ def _translate(
     if status == 403 and (headers.get("ratelimit-remaining") == "0" or retry_after is not None):
         return ProviderError(text, delay=retry_after if retry_after is not None else until_reset)
     return ProviderRejected(text)
-
-
-def _retry_after(value: str | None, *, now: float) -> float | None:
-    """``Retry-After``: delay-seconds or an HTTP date."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now)
-
-
-def _epoch(value: str | None) -> float | None:
-    if value is None or not value.strip().isdigit():
-        return None
-    return float(value.strip())
-
-
-def _scrub(text: str, token: str) -> str:
-    return text.replace(token, "***") if token else text
