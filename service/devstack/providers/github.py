@@ -30,8 +30,10 @@ from devstack.providers import Ignored
 from devstack.providers.http import epoch as _epoch
 from devstack.providers.http import retry_after as _retry_after
 from devstack.providers.http import scrub as _scrub
+from devstack.providers.payload import branch as _branch
 from devstack.providers.payload import field as _field
 from devstack.providers.payload import object_at as _object
+from devstack.providers.payload import optional_bool as _optional_bool
 from devstack.providers.payload import short as _short
 from devstack.providers.payload import string as _string
 
@@ -69,9 +71,7 @@ _SHA = re.compile(r"[0-9a-fA-F]{40}")
 # GitHub's owner and repository names; exactly one slash. Also what entries.schema.json accepts.
 _FULL_NAME = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 _URL = re.compile(r"https?://[^\s\"'<>]+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_NUMBER = 10**12  # entries carry the number as at most 12 digits
-_MAX_REF = 255
 _MAX_URL = 500
 _MAX_FULL_NAME = 255
 
@@ -165,8 +165,8 @@ def parse_delivery(
         title=_string(pr, "title", "pull_request.title", allow_empty=True),
         author=_string(user, "login", "pull_request.user.login"),
         head_sha=head_sha.lower(),
-        head_branch=_ref(head, "pull_request.head.ref"),
-        base_branch=_ref(base, "pull_request.base.ref"),
+        head_branch=_branch(head, "ref", "pull_request.head.ref"),
+        base_branch=_branch(base, "ref", "pull_request.base.ref"),
         state=state,
         merged=_merged(pr),
         draft=_optional_bool(pr, "draft", "pull_request.draft"),
@@ -216,34 +216,10 @@ def _comment(*, delivery_id: str, payload: object, received_at: datetime) -> Com
     )
 
 
-
-
-
-
-
-
-
-
-def _optional_bool(obj: Mapping[str, object], key: str, path: str) -> bool:
-    value = obj.get(key)
-    if value is None:  # older payloads predate the field
-        return False
-    if not isinstance(value, bool):
-        raise BadPayload(f"{path}: not a boolean")
-    return value
-
-
 def _full_name(obj: Mapping[str, object], path: str) -> str:
     value = _string(obj, "full_name", path)
     if len(value) > _MAX_FULL_NAME or not _FULL_NAME.fullmatch(value):
         raise BadPayload(f"{path}: not 'owner/name'")
-    return value
-
-
-def _ref(obj: Mapping[str, object], path: str) -> str:
-    value = _string(obj, "ref", path)
-    if len(value) > _MAX_REF or _CONTROL.search(value):
-        raise BadPayload(f"{path}: not a branch name")
     return value
 
 
@@ -592,12 +568,6 @@ def _error_message(data: Any) -> str:
         message = data.get("message")
         return message[:300] if isinstance(message, str) else ""
     return ""
-
-
-
-
-
-
 
 
 def _clip(text: str) -> str:

@@ -47,8 +47,10 @@ from devstack.providers import Ignored
 from devstack.providers.http import epoch as _epoch
 from devstack.providers.http import retry_after as _retry_after
 from devstack.providers.http import scrub as _scrub
+from devstack.providers.payload import branch as _branch
 from devstack.providers.payload import field as _field
 from devstack.providers.payload import object_at as _object
+from devstack.providers.payload import optional_bool as _optional_bool
 from devstack.providers.payload import short as _short
 from devstack.providers.payload import string as _string
 
@@ -106,7 +108,6 @@ _DRAFT_TITLE = re.compile(r"\s*(\[draft\]|\(draft\)|draft:|\[wip\]|wip:)", re.IG
 # Users behind project / group access tokens are bots; older payloads lack ``user.bot``.
 _BOT_USERNAME = re.compile(r"(project|group)_\d+_bot(_[0-9a-f]+|\d*)")
 _MAX_NUMBER = 10**12  # entries carry the number as at most 12 digits
-_MAX_REF = 255
 _MAX_URL = 500
 _MAX_PATH = 255
 _MAX_DELIVERY = 200
@@ -368,8 +369,8 @@ class _MergeRequest:
             url=url,
             title=title,
             head_sha=head_sha.lower(),
-            head_branch=_ref(mr, "source_branch", f"{path}.source_branch"),
-            base_branch=_ref(mr, "target_branch", f"{path}.target_branch"),
+            head_branch=_branch(mr, "source_branch", f"{path}.source_branch"),
+            base_branch=_branch(mr, "target_branch", f"{path}.target_branch"),
             closed=closed,
             merged=merged,
             draft=_draft(mr, path=path, title=title),
@@ -420,14 +421,6 @@ def _labels(value: object, path: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-
-
-
-
-
-
-
-
 def _positive_int(obj: Mapping[str, object], key: str, path: str) -> int:
     value = _field(obj, key, path)
     if not isinstance(value, int) or isinstance(value, bool):
@@ -437,26 +430,10 @@ def _positive_int(obj: Mapping[str, object], key: str, path: str) -> int:
     return value
 
 
-def _optional_bool(obj: Mapping[str, object], key: str, path: str) -> bool:
-    value = obj.get(key)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise BadPayload(f"{path}: not a boolean")
-    return value
-
-
 def _project_path(obj: Mapping[str, object], path: str) -> str:
     value = _string(obj, "path_with_namespace", path)
     if len(value) > _MAX_PATH or not _PROJECT_PATH.fullmatch(value):
         raise BadPayload(f"{path}: not 'group/project'")
-    return value
-
-
-def _ref(obj: Mapping[str, object], key: str, path: str) -> str:
-    value = _string(obj, key, path)
-    if len(value) > _MAX_REF or _CONTROL.search(value):
-        raise BadPayload(f"{path}: not a branch name")
     return value
 
 

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from devstack.errors import BadPayload
 
 _UNSAFE = re.compile(r"[^\w.:/-]", re.ASCII)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_BRANCH = 255  # what entries.schema.json lets a branch name be
 
 
 def short(value: str) -> str:
@@ -37,4 +39,22 @@ def string(obj: Mapping[str, object], key: str, path: str, *, allow_empty: bool 
         raise BadPayload(f"{path}: not a string")
     if not value and not allow_empty:
         raise BadPayload(f"{path}: empty")
+    return value
+
+
+def optional_bool(obj: Mapping[str, object], key: str, path: str) -> bool:
+    """A boolean that older payloads may lack (False then)."""
+    value = obj.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadPayload(f"{path}: not a boolean")
+    return value
+
+
+def branch(obj: Mapping[str, object], key: str, path: str) -> str:
+    """A branch name: kept as data, so bounded and without control characters."""
+    value = string(obj, key, path)
+    if len(value) > MAX_BRANCH or _CONTROL.search(value):
+        raise BadPayload(f"{path}: not a branch name")
     return value
