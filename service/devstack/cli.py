@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     _target_arguments(redrive)
     redrive.set_defaults(func=cmd_redrive)
 
-    _optional_commands(commands)
+    _extra_commands(commands)
     return parser
 
 
@@ -119,8 +119,9 @@ def _target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", help="API token for --url (default: $DEVSTACK_API_TOKEN, else the generated one)")
 
 
-def _optional_commands(commands: Any) -> None:
-    """Commands whose heavy dependencies (helm, psycopg, boto3) are imported only when they run."""
+def _extra_commands(commands: Any) -> None:
+    """``render`` and ``hook``: their modules import their heavy dependencies (helm, psycopg, boto3)
+    only when a command runs, so a plain install (no extras) still has a working CLI."""
     from devstack import render
     from devstack.hooks import cli as hooks_cli
 
