@@ -29,6 +29,8 @@ SERVICES = ["ledger", "payments-api"]
         ("/devstack remove ledger", Parsed(name="remove", arg="ledger")),
         ("/devstack redeploy", Parsed(name="redeploy")),
         ("/devstack approve", Parsed(name="approve")),
+        ("/devstack approve 1A2B3C4", Parsed(name="approve", arg="1a2b3c4")),
+        ("/devstack approve " + "e" * 40, Parsed(name="approve", arg="e" * 40)),
         ("Looks good!\n\n  /devstack redeploy  \nthanks", Parsed(name="redeploy")),
         ("just a comment", None),
         ("/devstackish is not ours", None),
@@ -54,6 +56,10 @@ def test_parser_commands(body: str, expected: Parsed | None) -> None:
         ("/devstack add nope", "Unknown service `nope`. The catalog has: `ledger`, `payments-api`."),
         ("/devstack add ../../etc", "Unknown service"),
         ("/devstack add `rm -rf`", "takes one service name"),
+        ("/devstack approve 1a2b3c", "at least 7 hex digits"),  # too short to name a commit
+        ("/devstack approve xyzxyzx", "at least 7 hex digits"),
+        ("/devstack approve 1a2b3c4 5d6e7f8", "at least 7 hex digits"),
+        ("/devstack approve " + "a" * 65, "at least 7 hex digits"),
     ],
 )
 def test_parser_replies(body: str, says: str) -> None:
@@ -210,3 +216,137 @@ def test_comment_on_a_pr_of_a_repo_not_allowed_is_ignored(opened: RunningServer)
                                   event="issue_comment", delivery="evil")
     assert response.status_code == 200 and response.json()["reason"] == "repository not allowed"
     assert json.loads(opened.get("/api/deliveries/evil").text)["status"] == "ignored"
+
+
+# --- order and pinning: the runner driven by hand (no background loops), so failures land where meant --
+
+
+@pytest.fixture
+def manual(make_settings: Callable[..., Settings], serve: Callable[..., RunningServer],
+           github: FakeGitHub) -> RunningServer:
+    """The real server (webhooks over HTTP), its loops not running: :func:`drive` runs them."""
+    return serve(make_settings(), run_workers=False)
+
+
+def drive(server: RunningServer, *, timeout: float = 15) -> None:
+    """Run the command runner, the worker and the feedback sender until nothing is pending (retries
+    included: the tests' backoff is at most a second)."""
+    runtime = server.runtime
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runtime.commands.run_once()
+        runtime.worker.run_once()
+        runtime.sender.run_once()
+        if runtime.journal.counts()["pending"] == 0 and runtime.journal.outbox_counts()["pending"] == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"still pending: {runtime.journal.counts()}")
+
+
+def comment(server: RunningServer, body: str, **kw: Any) -> None:
+    response = server.send_github(comment_payload(body=body, **kw), event="issue_comment",
+                                  delivery=str(uuid.uuid4()))
+    assert response.status_code == 202, response.text
+
+
+def open_pr(server: RunningServer, github: FakeGitHub, **kw: Any) -> dict[str, Any]:
+    payload = pr_payload(**kw)
+    github.add_pull(payload["pull_request"])
+    assert server.send_github(payload, delivery=str(uuid.uuid4())).status_code == 202
+    drive(server)
+    return payload
+
+
+def test_commands_apply_in_the_order_they_were_written_also_across_retries(
+    manual: RunningServer, github: FakeGitHub, bare_remote: str,
+) -> None:
+    """Defect (issue 12.6): ``add ledger`` failing with a 502, then ``remove ledger`` succeeding, then
+    the retry of ``add``, left ledger added. A retried command now holds back the later commands of
+    its PR (and only of its PR: another PR's command goes ahead)."""
+    open_pr(manual, github)
+    open_pr(manual, github, number=43, branch="other-fix", sha="c" * 40)
+    github.fail_next.append((502, {}))  # the first API call: the permission check of `add ledger`
+    comment(manual, "/devstack add ledger")
+    comment(manual, "/devstack remove ledger")
+    comment(manual, "/devstack redeploy", number=43)
+    manual.runtime.commands.run_once()
+    statuses = [(d.pr, d.status) for d in reversed(manual.runtime.journal.recent(limit=20))
+                if d.event == "issue_comment"]
+    assert statuses == [("github:acme/payments#42", "pending"), ("github:acme/payments#42", "pending"),
+                        ("github:acme/payments#43", "done")]  # PR 43 went ahead; PR 42 waits in order
+    drive(manual)
+    assert github.labels("acme/payments", 42) == []
+    assert [e["service"] for e in remote_files(bare_remote)["login-fix"]] == ["payments-api"]
+    done = [d.outcome for d in reversed(manual.runtime.journal.recent(limit=20)) if d.event == "issue_comment"]
+    assert done == ["add ledger", "remove ledger", "redeploy queued"]
+
+
+def fork_with_an_approval_in_flight(server: RunningServer, github: FakeGitHub) -> dict[str, Any]:
+    """A fork PR opened at aaaa…; a maintainer comments ``/devstack approve`` (having reviewed aaaa…);
+    the permission check answers 502, so the command waits for its retry."""
+    payload = open_pr(server, github, fork_repo="stranger/payments")
+    assert remote_files(server.settings.gitops.url) == {}
+    github.fail_next.append((502, {}))
+    comment(server, "/devstack approve")
+    server.runtime.commands.run_once()
+    assert server.runtime.journal.approvals() == {}
+    return payload
+
+
+def push(server: RunningServer, github: FakeGitHub, payload: dict[str, Any], sha: str) -> None:
+    github.pulls[("acme/payments", 42)]["head"]["sha"] = sha
+    pushed = pr_payload(action="synchronize", sha=sha, fork_repo="stranger/payments")
+    assert server.send_github(pushed, delivery=f"push-{sha[:4]}").status_code == 202
+
+
+def test_a_fork_approval_is_pinned_to_the_head_the_approver_saw(
+    manual: RunningServer, github: FakeGitHub, bare_remote: str,
+) -> None:
+    """Defect (issue 13.1): the maintainer reviews aaaa…, the permission check gets a 502, the fork
+    pushes eeee…, and the retry approved and deployed eeee…, which nobody reviewed. The approval is
+    bound to the head devstack knew when the comment arrived; the head moved, so it is refused and
+    the PR is told."""
+    payload = fork_with_an_approval_in_flight(manual, github)
+    push(manual, github, payload, "e" * 40)
+    drive(manual)
+    assert manual.runtime.journal.approvals() == {}
+    assert remote_files(bare_remote) == {}
+    [refusal] = replies(github)
+    assert "you approved `aaaaaaaaaaaa`, it is now at `eeeeeeeeeeee`" in refusal
+    assert "/devstack approve eeeeeeeeeeee" in refusal
+    # Approving the new head (by name, or by a fresh plain approve) deploys exactly that commit.
+    comment(manual, "/devstack approve eeeeeee")
+    drive(manual)
+    assert manual.runtime.journal.approvals() == {"github:acme/payments#42": "e" * 40}
+    assert remote_files(bare_remote)["login-fix"][0]["source"]["sha"] == "e" * 40
+    # ...and a later push still needs a new approval.
+    push(manual, github, payload, "f" * 40)
+    drive(manual)
+    assert remote_files(bare_remote) == {}
+
+
+def test_an_explicit_sha_that_is_not_the_head_approves_nothing(
+    manual: RunningServer, github: FakeGitHub, bare_remote: str,
+) -> None:
+    """``/devstack approve <sha>`` names what was reviewed; when the head is elsewhere, nothing is approved."""
+    open_pr(manual, github, fork_repo="stranger/payments")
+    comment(manual, "/devstack approve 1234567")
+    drive(manual)
+    assert manual.runtime.journal.approvals() == {} and remote_files(bare_remote) == {}
+    assert "you approved `1234567`, it is now at `aaaaaaaaaaaa`" in replies(github)[0]
+
+
+def test_approve_without_a_known_head_asks_for_the_sha(
+    manual: RunningServer, github: FakeGitHub, bare_remote: str,
+) -> None:
+    """Defect (issue 13.1): on a PR devstack has no state of (opened before it was installed), a plain
+    ``approve`` approved whatever the head was when processed. It now asks for the commit instead."""
+    github.add_pull(pr_payload(fork_repo="stranger/payments")["pull_request"])  # no webhook ever came
+    comment(manual, "/devstack approve")
+    drive(manual)
+    assert manual.runtime.journal.approvals() == {}
+    assert "Name the commit: `/devstack approve <sha>`" in replies(github)[0]
+    comment(manual, "/devstack approve aaaaaaaa")
+    drive(manual)
+    assert manual.runtime.journal.approvals() == {"github:acme/payments#42": "a" * 40}
+    assert remote_files(bare_remote)["login-fix"][0]["source"]["sha"] == "a" * 40

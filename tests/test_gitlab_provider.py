@@ -342,6 +342,7 @@ def test_note_on_a_merge_request_becomes_a_comment_event() -> None:
             number=7, url=url, title=mr.title, author="", head_sha=mr.head_sha, head_branch=mr.head_branch,
             base_branch=mr.base_branch, state=PullRequestState.OPEN, labels=mr.labels, received_at=RECEIVED,
         ),
+        head_sha=mr.head_sha,  # what `/devstack approve` approves: the head when the note was written
     )
     assert event.key == mr.key
     # The journal reads it back whole.

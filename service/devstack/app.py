@@ -13,6 +13,7 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -256,6 +257,9 @@ async def _receive(request: Request, *, provider: WebhookProvider, settings: Set
             runtime.metrics.deliveries.labels(provider.name, "ignored").inc()
             return JSONResponse({"status": "ignored", "reason": result.reason, "delivery": delivery_id})
         with bind(repo=result.repo, pr=result.number):
+            if isinstance(result, CommentEvent) and not result.head_sha:
+                # What `/devstack approve` approves: the head as devstack knows it now, not later.
+                result = replace(result, head_sha=await run_in_threadpool(journal.known_head, result.key))
             if not settings.repo_allowed(result.repo):
                 await run_in_threadpool(
                     journal.record, delivery_id=delivery_id, provider=provider.name, event=event_name,

@@ -12,8 +12,12 @@ through the provider API that the author may write to the repository (cached bri
   the labels stay the one place a PR's wishes live (visible on the PR, and what resync re-reads);
   the PR's fresh state is then journaled so the change applies without waiting for the webhook;
 * ``extend`` and ``redeploy`` become :class:`~devstack.events.Command` events in the git queue;
-* ``approve`` records the approval of the PR's *current* head sha (a later push needs a new one) and
-  journals the PR's state so a fork PR is deployed;
+* ``approve`` records the approval of the head sha the approver saw: the one named in the command
+  (``/devstack approve 1a2b3c4``), else the head devstack knew when the comment *arrived*
+  (:attr:`~devstack.events.CommentEvent.head_sha`, journaled with the comment). The head is never
+  re-read to decide what is approved: if the PR's head has moved since (a push while the command
+  waited for a retry), the approval is refused with a reply saying so. A later push needs a new
+  approval. Then the PR's state is journaled so the fork PR is deployed;
 * refusals, help and errors are answered with a reply comment through the feedback outbox.
 """
 
@@ -42,6 +46,7 @@ from devstack.planner import label
 logger = logging.getLogger(__name__)
 
 PREFIX = "/devstack"
+SHA_PREFIX = re.compile(r"[0-9a-f]{7,64}")  # an abbreviated or full commit id (SHA-1 or SHA-256)
 WRITE_PERMISSIONS = frozenset({"admin", "maintain", "write"})
 
 HELP = """\
@@ -54,7 +59,8 @@ HELP = """\
 | `/devstack add <service>` | add a catalog service (and what it depends on) to this preview |
 | `/devstack remove <service>` | remove a service added with `add` |
 | `/devstack redeploy` | restart this pull request's services |
-| `/devstack approve` | deploy this fork pull request at its current head (a new push needs a new approval) |
+| `/devstack approve [<sha>]` | deploy this fork pull request at the commit you reviewed (the head when you \
+commented, or `<sha>`: 7+ hex digits); a new push needs a new approval |
 | `/devstack help` | this help |"""
 
 
@@ -82,8 +88,16 @@ def parse_comment(body: str, *, services: Sequence[str]) -> Parsed | Reply | Non
     name, args = words[1].lower(), words[2:]
     if name == "help":
         return Reply(text=HELP)
-    if name in ("extend", "redeploy", "approve"):
+    if name in ("extend", "redeploy"):
         return Parsed(name=name) if not args else _usage(f"`{name}` takes no argument")
+    if name == "approve":
+        if not args:
+            return Parsed(name="approve")
+        sha = args[0].lower()
+        if len(args) > 1 or not SHA_PREFIX.fullmatch(sha):
+            return _usage("`approve` takes nothing, or the commit you reviewed (at least 7 hex digits), "
+                          "like `/devstack approve 1a2b3c4`")
+        return Parsed(name="approve", arg=sha)
     if name == "ttl":
         if len(args) != 1:
             return _usage("`ttl` takes one duration, like `/devstack ttl 3d`")
@@ -135,33 +149,47 @@ class CommandRunner:
         self._permissions: dict[tuple[str, str, str], tuple[float, bool]] = {}
 
     def run_once(self, *, limit: int = 20) -> int:
-        batch = self._journal.take_batch(limit=limit, queue="comments")
-        for delivery in batch:
-            with bind(delivery=delivery.delivery_id, pr=delivery.pr):
-                self._handle(delivery)
-        return len(batch)
+        """Handle the due comments, in the order they were written per PR; returns how many were handled.
 
-    def _handle(self, delivery: Delivery) -> None:
+        A command that must be retried holds back the later commands of the same PR (in this batch,
+        and in the next ones: :meth:`Journal.take_in_order_per_pr`), never those of other PRs. So
+        ``add ledger`` failing, then ``remove ledger``, ends with ledger removed once ``add`` is retried.
+        """
+        batch = self._journal.take_in_order_per_pr(limit=limit, queue="comments")
+        held: set[str] = set()
+        handled = 0
+        for delivery in batch:
+            if delivery.pr in held:
+                continue
+            handled += 1
+            with bind(delivery=delivery.delivery_id, pr=delivery.pr):
+                if not self._handle(delivery):
+                    held.add(delivery.pr)
+        return handled
+
+    def _handle(self, delivery: Delivery) -> bool:
+        """Apply one comment; False when it is to be retried (what follows it on its PR must wait)."""
         try:
             comment = event_from_json(delivery.payload)
             if not isinstance(comment, CommentEvent):
                 raise TypeError(f"a {type(comment).__name__} in the comments queue")
         except (ValueError, KeyError, TypeError) as exc:
             self._journal.dead_letter(delivery.seq, error=f"unreadable comment: {exc}")
-            return
+            return True
         try:
             outcome = self._run(comment)
         except TemporaryError as exc:
-            self._journal.retry([delivery.seq], error=str(exc), max_attempts=self._settings.worker.max_attempts,
-                                backoff_max=self._settings.worker.backoff_max, delay=exc.delay)
+            dead = self._journal.retry([delivery.seq], error=str(exc), max_attempts=self._settings.worker.max_attempts,
+                                       backoff_max=self._settings.worker.backoff_max, delay=exc.delay)
             logger.warning("comment command will be retried: %s", exc)
-            return
+            return bool(dead)
         except PermanentError as exc:
             self._journal.dead_letter(delivery.seq, error=str(exc))
             logger.error("comment command failed for good: %s", exc)
-            return
+            return True
         self._journal.complete({delivery.seq: outcome})
         logger.info("comment: %s", outcome)
+        return True
 
     def _run(self, comment: CommentEvent) -> str:
         if comment.action != "created":
@@ -204,11 +232,26 @@ class CommandRunner:
             self._refresh(client, comment)
             return f"{parsed.name} {parsed.arg}"
         if parsed.name == "approve":
-            state = client.pull_request(repo=comment.repo, number=comment.number)
-            self._journal.approve(pr=comment.key, sha=state.head_sha, approver=comment.author)
-            self._refresh(client, comment, state=state)
-            return f"approved {state.head_sha[:12]}"
+            return self._approve(client, comment, parsed)
         return f"ignored: {parsed.name}"
+
+    def _approve(self, client: CommandClient, comment: CommentEvent, parsed: Parsed) -> str:
+        """Approve the commit the approver saw, never the head as it is when the command runs."""
+        seen = parsed.arg or comment.head_sha
+        if not seen:
+            self._reply(comment, "devstack did not know this pull request's head commit when you commented, so it "
+                                 "cannot tell what you reviewed; nothing was approved. Name the commit: "
+                                 "`/devstack approve <sha>`.")
+            return "refused: head unknown when the comment arrived"
+        state = client.pull_request(repo=comment.repo, number=comment.number)  # only to compare
+        if not state.head_sha.startswith(seen):
+            self._reply(comment, f"The head of this pull request moved since the approval was written: you "
+                                 f"approved `{seen[:12]}`, it is now at `{state.head_sha[:12]}`. Nothing was "
+                                 f"approved; review the new commits, then `/devstack approve {state.head_sha[:12]}`.")
+            return f"refused: approved {seen[:12]}, head is now {state.head_sha[:12]}"
+        self._journal.approve(pr=comment.key, sha=state.head_sha, approver=comment.author)
+        self._refresh(client, comment, state=state)
+        return f"approved {state.head_sha[:12]}"
 
     def _may_write(self, client: CommandClient, comment: CommentEvent) -> bool:
         key = (comment.provider.value, comment.repo, comment.author)

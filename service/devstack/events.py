@@ -117,6 +117,9 @@ class CommentEvent:
     body: str
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     pull_request: PullRequestEvent | None = None  # the PR's state when the payload carries it (GitLab does)
+    # The PR's head sha as devstack knew it when the comment arrived (the payload's, else the newest
+    # PR state in the journal; "" when unknown): what ``/devstack approve`` approves.
+    head_sha: str = ""
 
     @property
     def ref(self) -> PullRequestRef:

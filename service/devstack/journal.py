@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     finished_at REAL
 );
 CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (status, queue, seq);
+CREATE INDEX IF NOT EXISTS deliveries_pr ON deliveries (pr, seq);
 CREATE TABLE IF NOT EXISTS outbox (
     pr TEXT PRIMARY KEY,
     provider TEXT NOT NULL,
@@ -224,6 +225,36 @@ class Journal:
         if not rows or rows[0]["next_attempt_at"] > self._clock():
             return []
         return [_delivery(row) for row in rows]
+
+    def take_in_order_per_pr(self, *, limit: int, queue: str = "comments") -> list[Delivery]:
+        """The pending deliveries that are due, oldest first, in order *per PR*.
+
+        A delivery waiting for its retry holds back every later delivery of the same PR (so the
+        commands of a PR apply in the order they were written, also across retries), and nothing of
+        the other PRs.
+        """
+        rows = self._query(
+            "SELECT * FROM deliveries d WHERE d.status = 'pending' AND d.queue = ? AND NOT EXISTS ("
+            " SELECT 1 FROM deliveries w WHERE w.status = 'pending' AND w.queue = d.queue AND w.pr = d.pr"
+            " AND w.seq <= d.seq AND w.next_attempt_at > ?) ORDER BY d.seq LIMIT ?",
+            (queue, self._clock(), limit),
+        )
+        return [_delivery(row) for row in rows]
+
+    def known_head(self, pr: str) -> str:
+        """The head sha of ``pr`` in the newest PR state journaled for it ("" when none is)."""
+        rows = self._query(
+            "SELECT payload FROM deliveries WHERE pr = ? AND queue = 'git' AND payload != '' ORDER BY seq DESC"
+            " LIMIT 50", (pr,),
+        )
+        for row in rows:
+            try:
+                data = json.loads(row["payload"])
+            except ValueError:
+                continue
+            if isinstance(data, dict) and data.get("kind") == "pull_request" and isinstance(data.get("head_sha"), str):
+                return str(data["head_sha"])
+        return ""
 
     def complete(
         self,

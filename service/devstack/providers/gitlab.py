@@ -309,6 +309,7 @@ def _note_event(*, delivery_id: str, payload: object, received_at: datetime) -> 
         body=body,
         received_at=received_at,
         pull_request=pull_request,
+        head_sha=pull_request.head_sha,
     )
 
 
