@@ -11,7 +11,7 @@ import hmac
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -127,17 +127,26 @@ def create_app(
             return JSONResponse({"status": "standby", "leader": runtime.elector.leader}, status_code=503)
         try:
             pending = await run_in_threadpool(runtime.journal.pending_by_queue)
+            oldest = await run_in_threadpool(runtime.journal.oldest_pending)
         except sqlite3.Error as exc:
             return JSONResponse({"status": "unavailable", "reason": f"journal: {exc}"}, status_code=503)
-        if runtime.worker.healthy:
+        reasons = []
+        if not runtime.worker.healthy:
+            reasons.append(f"git: {runtime.worker.last_error or 'the GitOps repo is not open yet'}")
+        limit = settings.worker.stalled_after
+        stalled = {queue: age for queue, age in oldest.items() if age > limit}
+        for queue, age in sorted(stalled.items()):
+            reasons.append(f"stalled: the oldest pending delivery of the {queue} queue has waited {age:.0f} s "
+                           f"(worker.stalled_after is {limit:g} s)")
+        if not reasons:
             return JSONResponse({"status": "ready", "pending": pending})
-        return JSONResponse({"status": "degraded", "pending": pending,
-                             "reason": f"git: {runtime.worker.last_error or 'the GitOps repo is not open yet'}"})
+        return JSONResponse({"status": "degraded", "pending": pending, "reason": "; ".join(reasons),
+                             "oldestPendingSeconds": {q: round(a, 1) for q, a in oldest.items()}})
 
     @app.get("/api/previews")
     async def previews(request: Request) -> list[dict[str, Any]]:
         runtime: Runtime = request.app.state.runtime
-        return previews_view(runtime.worker.snapshot())
+        return previews_view(runtime.worker.snapshot(), quarantined=runtime.worker.quarantined())
 
     @app.get("/api/deliveries")
     async def deliveries(request: Request, limit: int = 50) -> list[dict[str, Any]]:
@@ -316,9 +325,17 @@ def _delivery_view(row: Delivery) -> dict[str, Any]:
     }
 
 
-def previews_view(state: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """What ``/api/previews`` and ``devstack previews`` show: one object per feature stack."""
-    result = []
+def previews_view(
+    state: dict[str, list[dict[str, Any]]], *, quarantined: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """What ``/api/previews`` and ``devstack previews`` show: one object per feature stack.
+
+    A quarantined entry file (one devstack cannot read, left untouched) is listed too, with no
+    services and ``quarantined`` saying why; for the others ``quarantined`` is null."""
+    result: list[dict[str, Any]] = []
+    for feature, reason in sorted((quarantined or {}).items()):
+        result.append({"feature": feature, "namespace": "", "expiresAt": "", "services": [], "prs": [],
+                       "quarantined": reason})
     for feature in sorted(state):
         elements = sorted(state[feature], key=lambda e: e["service"])
         prs: dict[str, dict[str, str]] = {}
@@ -343,6 +360,7 @@ def previews_view(state: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]
                     for e in elements
                 ],
                 "prs": sorted(prs.values(), key=lambda p: p["pr"]),
+                "quarantined": None,
             }
         )
-    return result
+    return sorted(result, key=lambda p: str(p["feature"]))

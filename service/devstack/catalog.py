@@ -33,7 +33,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from devstack.durations import InvalidDuration, parse_duration
 from devstack.errors import ConfigError
 from devstack.hooks.config import HooksSettings
-from devstack.naming import hostname_problem, service_name_problem
+from devstack.naming import FEATURE_MAX, hostname_problem, service_name_problem
 
 
 def _duration(value: Any) -> Any:
@@ -208,8 +208,11 @@ class ServiceSettings(_Model):
 class WorkerSettings(_Model):
     batch_size: int = Field(200, ge=1, le=10_000)
     poll_interval: float = Field(0.2, gt=0)
-    max_attempts: int = Field(20, ge=1)
+    max_attempts: int = Field(20, ge=1, description="comment commands only: git deliveries never dead-letter "
+                                                     "on a transient failure")
     backoff_max: float = Field(300.0, gt=0)
+    stalled_after: float = Field(300.0, gt=0, description="seconds the oldest pending delivery may wait before "
+                                                          "/readyz says degraded")
 
 
 class FeedbackSettings(_Model):
@@ -303,6 +306,20 @@ class Settings(BaseSettings):
                 if dep not in value:
                     raise ValueError(f"{name}.depends_on names {dep!r}, which is not in services")
         return value
+
+    @model_validator(mode="after")
+    def _hosts_fit(self) -> Settings:
+        """``routing.host`` must make a valid host for the longest names it can get: a feature of
+        30 characters and the longest catalog service name (not only for short samples)."""
+        longest = max(self.services, key=len, default="s")
+        sample = self.routing.host.format(feature="f" * FEATURE_MAX, service=longest, domain=self.domain)
+        problem = hostname_problem(sample)
+        if problem:
+            raise ValueError(
+                f"routing.host: {self.routing.host!r} does not make a valid host name for a "
+                f"{FEATURE_MAX}-character feature and service {longest!r} ({sample!r}): {problem}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _hooks_runnable(self) -> Settings:

@@ -215,6 +215,9 @@ def cmd_change(args: argparse.Namespace) -> int:
         results = _drain(runtime)
         row = runtime.journal.get(command.delivery_id)
     outcome = row.outcome if row else "unknown"
+    if row is not None and row.status == "dead":
+        print(f"devstack: {command.feature}: failed: {row.last_error}", file=sys.stderr)
+        return 1
     commits = [r.commit for r in results if r.commit]
     print(f"{command.feature}: {outcome}" + (f" (commit {commits[-1][:12]})" if commits else " (nothing changed)"))
     return 0 if outcome.startswith("applied") else 1
@@ -272,8 +275,10 @@ def _drain(runtime: Runtime) -> list[BatchResult]:
     results = []
     while (result := runtime.worker.run_once()) is not None:
         results.append(result)
-        if result.error:
-            raise DevstackError(f"the GitOps repo could not be written: {result.error}")
+        if result.retrying:
+            raise DevstackError(f"the GitOps repo could not be written: {result.error}; the change stays queued in "
+                                "the journal and is applied when the remote is back (by the server, or the next "
+                                "command)")
     runtime.sender.run_once()
     return results
 
@@ -350,12 +355,15 @@ def _previews_from_repo(settings: Settings) -> list[dict[str, Any]]:
         GitStore(url=settings.gitops_url, branch=settings.gitops.branch, path=settings.gitops.path,
                  workdir=Path(tmp) / "clone") as store,
     ):
-        return previews_view(EntryCache().decode(store.read()))
+        cache = EntryCache()
+        return previews_view(cache.decode(store.read()), quarantined=cache.quarantined)
 
 
 def format_previews(data: list[dict[str, Any]]) -> str:
     rows = [("FEATURE", "SERVICE", "URL", "IMAGE", "PR", "EXPIRES")]
     for preview in data:
+        if preview.get("quarantined"):
+            rows.append((preview["feature"], "-", "quarantined: " + str(preview["quarantined"])[:120], "", "", ""))
         for service in preview["services"]:
             rows.append((preview["feature"], service["service"], service["url"], service["image"].rsplit("/", 1)[-1],
                          service["pr"], preview["expiresAt"]))

@@ -116,6 +116,8 @@ class Page:
     dead_deliveries: list[DeliveryView] = field(default_factory=list)
     dead_feedback: list[DeadFeedbackView] = field(default_factory=list)
     recent: list[DeliveryView] = field(default_factory=list)
+    quarantined: list[tuple[str, str]] = field(default_factory=list)  # (feature, why its file is unreadable)
+    stalled: str = ""  # why the queue looks stalled ("" when it does not)
 
 
 def router() -> APIRouter:
@@ -204,7 +206,15 @@ def collect(runtime: Runtime, *, now: datetime, refresh: int = REFRESH_SECONDS, 
         counts=journal.counts(), previews=previews,
         dead_deliveries=[delivery(row) for row in reversed(journal.dead_letters())],
         dead_feedback=dead_feedback, recent=[delivery(row) for row in recent_rows],
+        quarantined=sorted(runtime.worker.quarantined().items()), stalled=_stalled(runtime),
     )
+
+
+def _stalled(runtime: Runtime) -> str:
+    limit = runtime.settings.worker.stalled_after
+    waits = {queue: age for queue, age in runtime.journal.oldest_pending().items() if age > limit}
+    return "; ".join(f"the oldest pending delivery of the {queue} queue has waited {span(age)}"
+                     f" (worker.stalled_after is {span(limit)})" for queue, age in sorted(waits.items()))
 
 
 def _previews(

@@ -67,3 +67,8 @@ class ProviderError(TemporaryError):
 
 class ProviderRejected(PermanentError):
     """A provider API refused the request for good (404 on the repository, 401/403 without rate limit)."""
+
+
+class PlanFailed(PermanentError):
+    """A batch could not be planned (a bug, an entry file devstack cannot read, a name that cannot be
+    made): the same deliveries on the same tree fail the same way, so the worker isolates them."""

@@ -277,9 +277,12 @@ class Journal:
         if queued:
             self.signal("feedback")
 
-    def retry(self, seqs: Sequence[int], *, error: str, max_attempts: int, backoff_max: float,
+    def retry(self, seqs: Sequence[int], *, error: str, max_attempts: int | None, backoff_max: float,
               delay: float | None = None) -> list[int]:
-        """Count a failed attempt; reschedule with backoff, or dead-letter. Returns the dead seqs."""
+        """Count a failed attempt; reschedule with backoff, or dead-letter. Returns the dead seqs.
+
+        ``max_attempts=None``: never dead-letter (a transient failure of the GitOps remote: the
+        delivery waits, with capped backoff, until the remote is back)."""
         now = self._clock()
         dead = []
         with self._tx() as db:
@@ -288,7 +291,7 @@ class Journal:
                 if row is None:
                     continue
                 attempts = row["attempts"] + 1
-                if attempts >= max_attempts:
+                if max_attempts is not None and attempts >= max_attempts:
                     dead.append(seq)
                     db.execute(
                         "UPDATE deliveries SET status = 'dead', attempts = ?, last_error = ?, finished_at = ?"
@@ -349,6 +352,16 @@ class Journal:
         rows = self._query("SELECT queue, COUNT(*) AS n FROM deliveries WHERE status = 'pending' GROUP BY queue")
         result = {"git": 0, "comments": 0}
         result.update({row["queue"]: row["n"] for row in rows})
+        return result
+
+    def oldest_pending(self) -> dict[str, float]:
+        """Per queue, how long (seconds) the oldest pending delivery has waited since it arrived."""
+        rows = self._query(
+            "SELECT queue, MIN(received_at) AS oldest FROM deliveries WHERE status = 'pending' GROUP BY queue"
+        )
+        now = self._clock()
+        result = {"git": 0.0, "comments": 0.0}
+        result.update({row["queue"]: max(0.0, now - row["oldest"]) for row in rows})
         return result
 
     def outbox_counts(self) -> dict[str, int]:

@@ -46,6 +46,11 @@ class Metrics:
         self.git_failures = Counter(
             "devstack_git_failures", "Batches that could not be written (remote down, ...)", registry=self.registry
         )
+        self.plan_failures = Counter(
+            "devstack_plan_failures",
+            "Batches that could not be planned (each is split until the failing delivery is alone and dead-lettered)",
+            registry=self.registry,
+        )
         self.feedback_sent = Counter(
             "devstack_feedback_sent", "PR comments and replies sent", ["provider"], registry=self.registry
         )
@@ -65,18 +70,40 @@ class StateCollector(Collector):
         self, *, counts: Callable[[], Mapping[str, int]], outbox: Callable[[], Mapping[str, int]],
         pending_by_queue: Callable[[], Mapping[str, int]], previews: Callable[[], Mapping[str, Any]],
         rate_limits: Callable[[], Mapping[str, int | None]],
+        oldest_pending: Callable[[], Mapping[str, float]] | None = None,
+        quarantined: Callable[[], Mapping[str, str]] | None = None,
+        git_healthy: Callable[[], bool] | None = None,
     ) -> None:
         self._counts = counts
         self._outbox = outbox
         self._pending = pending_by_queue
         self._previews = previews
         self._rate_limits = rate_limits
+        self._oldest = oldest_pending
+        self._quarantined = quarantined
+        self._git_healthy = git_healthy
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily("devstack_journal_pending", "Deliveries waiting in the journal", labels=["queue"])
         for queue, count in sorted(self._pending().items()):
             depth.add_metric([queue], count)
         yield depth
+        if self._oldest is not None:
+            oldest = GaugeMetricFamily(
+                "devstack_journal_oldest_pending_seconds",
+                "How long the oldest pending delivery has waited (0 when none); past worker.stalled_after "
+                "/readyz says degraded", labels=["queue"])
+            for queue, age in sorted(self._oldest().items()):
+                oldest.add_metric([queue], age)
+            yield oldest
+        if self._quarantined is not None:
+            yield GaugeMetricFamily("devstack_quarantined_entries",
+                                    "Entry files in the GitOps repo devstack cannot read (left untouched)",
+                                    value=len(self._quarantined()))
+        if self._git_healthy is not None:
+            yield GaugeMetricFamily("devstack_git_healthy",
+                                    "1 when the last write to the GitOps repo worked, 0 while it fails",
+                                    value=1 if self._git_healthy() else 0)
         counts, outbox = self._counts(), self._outbox()
         dead = GaugeMetricFamily("devstack_dead_letters", "Dead letters, by kind", labels=["kind"])
         dead.add_metric(["delivery"], counts.get("dead", 0))

@@ -167,6 +167,8 @@ class Runtime:
             counts=journal.counts, outbox=journal.outbox_counts, pending_by_queue=journal.pending_by_queue,
             previews=worker.snapshot,
             rate_limits=lambda: {name: client.rate_limit_remaining() for name, client in clients.items()},
+            oldest_pending=journal.oldest_pending, quarantined=worker.quarantined,
+            git_healthy=lambda: worker.healthy,
         ))
 
         def live(feature: str) -> tuple[str, str] | None:

@@ -5,6 +5,23 @@ git store calls the planning function again on the new tree whenever a push is r
 plan is always made against what is really there. Every entry is validated before the commit; an
 event whose entry does not validate is isolated (the batch is retried event by event) and becomes a
 dead letter, so one bad event never blocks the others nor freezes the ApplicationSet.
+
+Nothing stalls silently:
+
+* **Quarantine.** An entry file devstack cannot read (not JSON, or JSON that does not satisfy
+  ``entries.schema.json``: a hand edit, an older devstack) is *quarantined*: it is left out of the
+  planner's view, never written nor deleted, reported (:meth:`Worker.quarantined`, ``/api/previews``,
+  the dashboard, ``devstack_quarantined_entries``, one error log line per version of the file), and
+  the deliveries that target its feature become dead letters naming the file, so the operator fixes
+  or deletes it and runs ``devstack redrive``. Every other feature goes on.
+* **Any planning failure is isolated.** Whatever the planner (or the validation of what it made)
+  raises becomes :class:`~devstack.errors.PlanFailed`: the batch is split in halves until the
+  delivery that fails is alone, which becomes a dead letter with the reason; the others are applied.
+* **Transient failures never dead-letter.** A git failure (remote unreachable, 5xx, a push that
+  keeps being rejected) or an unexpected error outside planning counts an attempt and retries the
+  batch with capped backoff, for as long as it takes; the worker is unhealthy meanwhile (``/readyz``
+  says ``degraded``), and the age of the oldest pending delivery is a metric that makes ``/readyz``
+  say ``degraded`` past ``worker.stalled_after``.
 """
 
 from __future__ import annotations
@@ -20,14 +37,15 @@ from datetime import UTC, datetime
 from devstack import entries as entry_format
 from devstack.catalog import Settings
 from devstack.entries import Element
-from devstack.errors import InvalidEntry, PermanentError, TemporaryError
+from devstack.errors import InvalidEntry, PermanentError, PlanFailed, TemporaryError
 from devstack.events import Command, PullRequestEvent, event_from_json
 from devstack.feedback import feedback_to_dict
 from devstack.gitops import CommitResult, GitStore
 from devstack.journal import Delivery, Journal
 from devstack.log import bind
 from devstack.metrics import Metrics
-from devstack.planner import Plan, PlannerEvent, plan
+from devstack.naming import entry_filename
+from devstack.planner import Plan, PlannerEvent, feature_of, plan
 
 logger = logging.getLogger(__name__)
 
@@ -40,27 +58,44 @@ class BatchResult:
     changed: tuple[str, ...] = ()
     dead: list[str] = field(default_factory=list)
     error: str = ""
+    retrying: bool = False
+    """True when the batch (or part of it) failed transiently and waits for its retry."""
 
 
 class EntryCache:
-    """Decoded entry files, reused while their bytes are unchanged (a batch only rewrites a few)."""
+    """Decoded entry files, reused while their bytes are unchanged (a batch only rewrites a few).
+
+    A file that is not a valid entry (not JSON, or not satisfying the schema) is quarantined: left
+    out of what :meth:`decode` returns and listed by :attr:`quarantined` with the reason.
+    """
 
     def __init__(self) -> None:
-        self._files: dict[str, tuple[bytes, list[Element]]] = {}
+        self._files: dict[str, tuple[bytes, list[Element] | None, str]] = {}
 
     def decode(self, files: Mapping[str, bytes]) -> dict[str, list[Element]]:
-        decoded: dict[str, tuple[bytes, list[Element]]] = {}
+        decoded: dict[str, tuple[bytes, list[Element] | None, str]] = {}
         for feature, data in files.items():
             cached = self._files.get(feature)
             if cached is not None and cached[0] == data:
                 decoded[feature] = cached
                 continue
             try:
-                decoded[feature] = (data, entry_format.decode(feature, data))
-            except InvalidEntry as exc:
-                logger.error("ignoring unreadable entry file: %s", exc)
+                elements = entry_format.decode(feature, data)
+                entry_format.validate(feature, elements)
+            except Exception as exc:  # noqa: BLE001 - whatever is wrong with the file, it is quarantined
+                reason = str(exc) if isinstance(exc, InvalidEntry) else (
+                    f"{entry_filename(feature)}: {type(exc).__name__}: {exc}")
+                logger.error("quarantined entry file (left untouched, its feature is not planned): %s", reason)
+                decoded[feature] = (data, None, reason[:500])
+                continue
+            decoded[feature] = (data, elements, "")
         self._files = decoded
-        return {feature: elements for feature, (_, elements) in decoded.items()}
+        return {feature: elements for feature, (_, elements, _) in decoded.items() if elements is not None}
+
+    @property
+    def quarantined(self) -> dict[str, str]:
+        """feature -> why its entry file (as last decoded) cannot be read."""
+        return {feature: reason for feature, (_, elements, reason) in self._files.items() if elements is None}
 
 
 class Worker:
@@ -82,6 +117,7 @@ class Worker:
         self._clock = clock
         self._cache = EntryCache()
         self._snapshot: dict[str, list[Element]] = {}
+        self._quarantine: dict[str, str] = {}
         self._snapshot_lock = threading.Lock()
         self.healthy = False
         self.last_error = ""
@@ -92,14 +128,20 @@ class Worker:
         with self._snapshot_lock:
             return dict(self._snapshot)
 
-    def _set_snapshot(self, state: Mapping[str, list[Element]]) -> None:
+    def quarantined(self) -> dict[str, str]:
+        """Entry files devstack cannot read and leaves untouched: feature -> reason."""
+        with self._snapshot_lock:
+            return dict(self._quarantine)
+
+    def _set_snapshot(self, state: Mapping[str, list[Element]], quarantine: Mapping[str, str]) -> None:
         with self._snapshot_lock:
             self._snapshot = dict(state)
+            self._quarantine = dict(quarantine)
 
     def start(self) -> None:
         """Open (or recover) the working clone and load the current entries."""
         self._store.open()
-        self._set_snapshot(self._cache.decode(self._store.read()))
+        self._set_snapshot(self._cache.decode(self._store.read()), self._cache.quarantined)
         self.healthy = True
         self.last_error = ""
 
@@ -117,55 +159,81 @@ class Worker:
         if not events:
             return BatchResult(deliveries=len(batch), dead=broken)
         try:
-            planned, result = self._commit(events)
-        except InvalidEntry as exc:
+            planned, result, blocked = self._commit(events)
+        except (InvalidEntry, PlanFailed) as exc:
+            self._metrics.plan_failures.inc()
             if len(events) == 1:
                 return self._dead(events, error=str(exc), broken=broken)
-            logger.warning("batch produced an invalid entry (%s); retrying event by event", exc)
-            results = [self._process([d]) for d in batch if d.seq in events]
-            return BatchResult(
-                deliveries=len(batch),
-                commit=next((r.commit for r in reversed(results) if r.commit), None),
-                attempts=sum(r.attempts for r in results),
-                changed=tuple(sorted({c for r in results for c in r.changed})),
-                dead=broken + [d for r in results for d in r.dead],
-            )
+            logger.warning("batch could not be planned (%s); splitting it to isolate the delivery", exc)
+            return self._split(batch, events, broken)
         except PermanentError as exc:
             return self._dead(events, error=str(exc), broken=broken)
         except TemporaryError as exc:
-            self.healthy = False
-            self.last_error = str(exc)
             self._metrics.git_failures.inc()
-            dead = self._journal.retry(
-                list(events), error=str(exc), max_attempts=self._settings.worker.max_attempts,
-                backoff_max=self._settings.worker.backoff_max, delay=exc.delay,
-            )
-            logger.warning("git write failed, %d deliveries will be retried: %s", len(events) - len(dead), exc)
-            return BatchResult(deliveries=len(batch), dead=broken + [str(s) for s in dead], error=str(exc))
+            return self._retry(batch, events, broken, error=str(exc), delay=exc.delay)
+        except Exception as exc:
+            logger.exception("batch failed unexpectedly; it will be retried")
+            return self._retry(batch, events, broken, error=f"{type(exc).__name__}: {exc}", delay=None)
         self.healthy = True
         self.last_error = ""
-        self._set_snapshot(planned.entries)
-        self._observe(batch, events, result)
+        self._set_snapshot(planned.entries, self._cache.quarantined)
+        applied = {seq: event for seq, event in events.items() if seq not in blocked}
+        self._observe(batch, applied, result)
         outcomes = {
             seq: (f"{d.outcome}: {d.reason}" if d.reason else d.outcome)
-            for seq, d in zip(events, planned.decisions, strict=True)
+            for seq, d in zip(applied, planned.decisions, strict=True)
         }
         self._journal.complete(
             outcomes,
             feedback=[(f.pr.key, f.pr.provider.value, feedback_to_dict(f)) for f in planned.feedback],
         )
-        for event, decision in zip(events.values(), planned.decisions, strict=True):
+        for event, decision in zip(applied.values(), planned.decisions, strict=True):
             with bind(delivery=event.delivery_id, pr=event.key, repo=getattr(event, "repo", None)):
                 logger.info("%s %s: %s%s", _action(event), event.key, decision.outcome,
                             f" ({decision.reason})" if decision.reason else "")
+        dead = list(broken)
+        for seq, reason in blocked.items():
+            dead += self._dead({seq: events[seq]}, error=reason, broken=[]).dead
         if result.sha:
             logger.info("pushed %s: %d deliveries, %s changed, %d attempt(s)",
-                        result.sha[:12], len(events), ",".join(result.changed), result.attempts)
+                        result.sha[:12], len(applied), ",".join(result.changed), result.attempts)
             if self._on_pushed is not None:
                 self._on_pushed(result)  # e.g. refresh the ApplicationSets now (never blocks)
         return BatchResult(
-            deliveries=len(batch), commit=result.sha, attempts=result.attempts, changed=result.changed, dead=broken
+            deliveries=len(batch), commit=result.sha, attempts=result.attempts, changed=result.changed, dead=dead
         )
+
+    def _split(self, batch: Sequence[Delivery], events: Mapping[int, PlannerEvent], broken: list[str]) -> BatchResult:
+        """Process the two halves of the batch in order, to isolate the delivery that cannot be planned.
+
+        A half that fails transiently stops the split: what follows stays pending behind it (first in,
+        first out), and is taken again with it once its retry is due."""
+        ordered = [d for d in batch if d.seq in events]
+        half = len(ordered) // 2
+        results: list[BatchResult] = []
+        for part in (ordered[:half], ordered[half:]):
+            results.append(self._process(part))
+            if results[-1].retrying:
+                break
+        return BatchResult(
+            deliveries=len(batch),
+            commit=next((r.commit for r in reversed(results) if r.commit), None),
+            attempts=sum(r.attempts for r in results),
+            changed=tuple(sorted({c for r in results for c in r.changed})),
+            dead=broken + [d for r in results for d in r.dead],
+            error=next((r.error for r in results if r.retrying), ""),
+            retrying=any(r.retrying for r in results),
+        )
+
+    def _retry(self, batch: Sequence[Delivery], events: Mapping[int, PlannerEvent], broken: list[str], *,
+               error: str, delay: float | None) -> BatchResult:
+        """A transient failure: count the attempt and retry with capped backoff, never dead-letter."""
+        self.healthy = False
+        self.last_error = error
+        self._journal.retry(list(events), error=error, max_attempts=None,
+                            backoff_max=self._settings.worker.backoff_max, delay=delay)
+        logger.warning("git write failed, %d deliveries will be retried: %s", len(events), error)
+        return BatchResult(deliveries=len(batch), dead=broken, error=error, retrying=True)
 
     def _observe(self, batch: Sequence[Delivery], events: Mapping[int, PlannerEvent], result: CommitResult) -> None:
         self._metrics.batch_size.observe(len(events))
@@ -195,27 +263,61 @@ class Worker:
             events[delivery.seq] = event
         return events, broken
 
-    def _commit(self, events: Mapping[int, PlannerEvent]) -> tuple[Plan, CommitResult]:
+    def _commit(
+        self, events: Mapping[int, PlannerEvent]
+    ) -> tuple[Plan, CommitResult, dict[int, str]]:
+        """Plan ``events`` on the newest tree and push; also returns the deliveries held back because
+        their feature's entry file is quarantined (seq -> reason)."""
         planned: list[Plan] = []
-        ordered = list(events.values())
+        blocked: dict[int, str] = {}
         approvals = self._journal.approvals()
 
         def change(files: dict[str, bytes]) -> dict[str, bytes | None]:
             current = self._cache.decode(files)
-            result = plan(events=ordered, entries=current, catalog=self._settings, now=self._clock(),
-                          approvals=approvals)
+            held = self._cache.quarantined
+            blocked.clear()
+            blocked.update(self._held_back(events, held))
+            ordered = [event for seq, event in events.items() if seq not in blocked]
+            try:
+                result = plan(events=ordered, entries=current, catalog=self._settings, now=self._clock(),
+                              approvals=approvals)
+            except Exception as exc:
+                raise PlanFailed(f"planning failed: {type(exc).__name__}: {exc}"[:1000]) from exc
             out: dict[str, bytes | None] = {}
             for feature, elements in result.changed.items():
+                if feature in held:
+                    raise PlanFailed(f"{entry_filename(feature)} is quarantined ({held[feature]}); devstack "
+                                     "leaves it untouched: fix or delete it, then redrive")
                 if elements is None:
                     out[feature] = None
-                else:
+                    continue
+                try:
                     entry_format.validate(feature, elements)
                     out[feature] = entry_format.encode(elements)
+                except InvalidEntry:
+                    raise
+                except Exception as exc:
+                    raise PlanFailed(f"{entry_filename(feature)}: {type(exc).__name__}: {exc}"[:1000]) from exc
             planned[:] = [result]
             return out
 
-        result = self._store.apply(change, message=commit_message(ordered))
-        return planned[0], result
+        result = self._store.apply(change, message=commit_message(list(events.values())))
+        return planned[0], result, dict(blocked)
+
+    def _held_back(self, events: Mapping[int, PlannerEvent], held: Mapping[str, str]) -> dict[int, str]:
+        """The deliveries whose feature's entry file is quarantined, with the reason."""
+        if not held:
+            return {}
+        result = {}
+        for seq, event in events.items():
+            try:
+                feature = event.feature if isinstance(event, Command) else feature_of(event, self._settings)
+            except Exception:  # noqa: BLE001, S112 - the planner will fail on it too, and isolate it
+                continue
+            if feature and feature in held:
+                result[seq] = (f"{entry_filename(feature)} is quarantined ({held[feature]}); devstack leaves "
+                               "it untouched: fix or delete it in the GitOps repo, then redrive")
+        return result
 
     def _dead(self, events: Mapping[int, PlannerEvent], *, error: str, broken: list[str]) -> BatchResult:
         for seq, event in events.items():
@@ -242,8 +344,10 @@ class Worker:
                 logger.warning("git store unavailable: %s", exc)
                 stop.wait(min(self._settings.worker.backoff_max, 2.0 ** min(failures, 8)))
                 continue
-            except Exception:
+            except Exception as exc:
                 failures += 1
+                self.healthy = False
+                self.last_error = f"worker: {type(exc).__name__}: {exc}"
                 logger.exception("worker crashed; continuing")
                 stop.wait(min(self._settings.worker.backoff_max, 2.0 ** min(failures, 8)))
                 continue
