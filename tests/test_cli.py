@@ -217,3 +217,65 @@ def test_two_processes_on_one_remote_lose_no_update(tmp_path: Path, processes: l
     history = git(remote, "rev-list", "--parents", "main").splitlines()
     assert all(len(line.split()) <= 2 for line in history)  # linear: no merges, nothing rewritten
     assert len(remote_commits(remote)) >= 2
+
+
+def test_direct_mode_cli_next_to_a_running_server_one_writer_and_the_server_catches_up(
+    tmp_path: Path, processes: list[Serve]
+) -> None:
+    """Defects pinned: (1) CLI commands in direct mode (no ``--url``) and a running server drained the
+    same journal and could both take the same batch; (2) the server never looked at the remote while
+    idle, so after ``devstack down demo`` in direct mode ``/api/previews`` kept listing ``demo`` (over
+    90 s, until another webhook), and a preview made by ``devstack up`` did not show. Now rows are
+    claimed (each delivery is applied by one process: it appears in exactly one commit), and the idle
+    server fetches the remote every ``worker.refresh_interval`` and re-reads its entries when the
+    head moved."""
+    remote = make_bare_remote(tmp_path / "gitops.git")
+    config = config_file(tmp_path, "shared", remote)
+    data = yaml.safe_load(config.read_text())
+    data["worker"]["refresh_interval"] = 0.5
+    config.write_text(yaml.safe_dump(data))
+    server = Serve(cwd=tmp_path, args=["--config", str(config)])
+    processes.append(server)
+
+    def listed() -> list[str]:
+        return [p["feature"] for p in httpx.get(server.url + "/api/previews", timeout=10).json()]
+
+    def wait_until(condition: Any, what: str, timeout: float = 5.0) -> float:
+        started = time.monotonic()
+        while not condition():
+            assert time.monotonic() - started < timeout, f"{what} not within {timeout}s: {listed()}"
+            time.sleep(0.1)
+        return time.monotonic() - started
+
+    up = run("up", "demo", "--with", "ledger", "--config", str(config), cwd=tmp_path)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert up.stdout.startswith("demo: applied")
+    wait_until(lambda: listed() == ["demo"], "the server listing demo after `devstack up` in direct mode")
+    previews = run("previews", "--url", server.url, cwd=tmp_path)
+    assert "demo" in previews.stdout
+
+    # webhooks to the server and direct-mode commands on the same journal, at the same time
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        posted = pool.map(lambda n: post(server.url, pr_payload(number=n, branch=f"feat-{n}", sha=f"{n:040d}"),
+                                         f"hook-{n}"), range(1, 13))
+        commands = [pool.submit(run, "up", f"cli-{n}", "--with", "ledger", "--config", str(config), cwd=tmp_path)
+                    for n in range(1, 4)]
+        assert set(posted) == {202}
+        for done in commands:
+            result = done.result()
+            assert result.returncode == 0, result.stdout + result.stderr
+    server.wait_idle()
+    trailers = git(remote, "log", "--format=%b", "main")
+    applied = [line.split()[1] for line in trailers.splitlines() if line.startswith("Delivery: ")]
+    hooks = [d for d in applied if d.startswith("hook-")]
+    assert sorted(hooks) == sorted(set(hooks)) and len(hooks) == 12, "a delivery applied by two processes"
+    assert sorted(remote_files(remote)) == sorted(["demo", *(f"feat-{n}" for n in range(1, 13)),
+                                                   *(f"cli-{n}" for n in range(1, 4))])
+
+    down = run("down", "demo", "--config", str(config), cwd=tmp_path)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "demo" not in remote_files(remote)
+    waited = wait_until(lambda: "demo" not in listed(), "the server dropping demo after `devstack down`")
+    assert waited < 5.0
+    assert "demo" not in run("previews", "--url", server.url, cwd=tmp_path).stdout
+    assert "Traceback" not in server.output()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from devstack.journal import Journal, backoff_delay
@@ -108,3 +112,131 @@ def test_a_delivery_waiting_for_retry_is_not_overtaken(tmp_path: Path) -> None:
     assert journal.take_batch(limit=10) == []
     clock.now += 10
     assert [d.delivery_id for d in journal.take_batch(limit=10)] == ["opened", "synchronize"]
+
+
+# ------------------------------------------------------------------------------- one writer per row
+
+
+def test_two_journals_on_one_file_never_take_the_same_batch(tmp_path: Path) -> None:
+    """Defect pinned: a direct-mode CLI command and the running server each open the journal and drained
+    it concurrently; both could take the same pending rows and apply them. Now taking a batch claims
+    its rows (owner and lease, in one IMMEDIATE transaction): the other process takes nothing until
+    they are finished, and nothing behind them either (first in, first out across processes)."""
+    clock = Clock()
+    server = Journal(tmp_path / "j.sqlite3", clock=clock, owner="server")
+    cli = Journal(tmp_path / "j.sqlite3", clock=clock, owner="cli")
+    for i in range(4):
+        server.record(delivery_id=f"d{i}", provider="github", event="pull_request", pr=f"k{i}", payload="{}")
+    taken = cli.take_batch(limit=2)
+    assert [d.delivery_id for d in taken] == ["d0", "d1"]
+    assert server.take_batch(limit=10) == []  # the head is claimed by the CLI: nothing is taken
+    assert [d.delivery_id for d in cli.take_batch(limit=2)] == ["d0", "d1"]  # its own claim, taken again
+    cli.complete({d.seq: "applied" for d in taken})
+    assert [d.delivery_id for d in server.take_batch(limit=10)] == ["d2", "d3"]
+    assert cli.take_batch(limit=10) == []
+    # a transient failure releases the claim: whoever is due next may retry it
+    [d2, d3] = server.take_batch(limit=10)
+    server.retry([d2.seq, d3.seq], error="remote down", max_attempts=None, backoff_max=1, delay=1)
+    clock.now += 1
+    assert [d.delivery_id for d in cli.take_batch(limit=10)] == ["d2", "d3"]
+
+
+def test_a_crashed_claimers_rows_are_claimable_after_the_lease(tmp_path: Path) -> None:
+    """Defect pinned (with claims): a process killed while holding a batch must not block the queue for
+    ever. Its rows become claimable when the lease ends, or at once when the claimer was a process on
+    this host that no longer exists."""
+    clock = Clock()
+    path = tmp_path / "j.sqlite3"
+    crashed = Journal(path, clock=clock, owner="elsewhere:1:x", lease=60)
+    server = Journal(path, clock=clock, owner="server", lease=60)
+    server.record(delivery_id="a", provider="github", event="pull_request", payload="{}")
+    assert [d.delivery_id for d in crashed.take_batch(limit=10)] == ["a"]
+    crashed.close()  # never completes
+    assert server.take_batch(limit=10) == []
+    clock.now += 61
+    assert [d.delivery_id for d in server.take_batch(limit=10)] == ["a"]
+    [a] = server.take_batch(limit=10)
+    server.complete({a.seq: "applied"})
+    # a claimer on this host whose process is gone is not waited for
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    server.record(delivery_id="b", provider="github", event="pull_request", payload="{}")
+    ghost = Journal(path, clock=clock, owner=f"{socket.gethostname()}:{gone}:y", lease=600)
+    assert [d.delivery_id for d in ghost.take_batch(limit=10)] == ["b"]
+    ghost.close()
+    assert [d.delivery_id for d in server.take_batch(limit=10)] == ["b"]  # at once, long before the lease ends
+    # ... while a live claimer on this host is waited for
+    live = Journal(path, clock=clock, owner=f"{socket.gethostname()}:{os.getpid()}:z", lease=600)
+    server.release([d.seq for d in server.take_batch(limit=10)])
+    assert [d.delivery_id for d in live.take_batch(limit=10)] == ["b"]
+    assert server.take_batch(limit=10) == []
+
+
+# --------------------------------------------------------------------------------- bounded history
+
+
+def test_prune_removes_old_finished_rows_and_keeps_what_is_still_needed(tmp_path: Path) -> None:
+    """Defect pinned: the journal and the outbox kept every delivered row for ever. Pruning removes
+    done/ignored deliveries and sent/recorded comments older than the window; it keeps pending and
+    dead rows, everything inside the window (dedupe still answers ``duplicate``), the applied states a
+    dead letter's redrive is checked against, and the sticky comment ids."""
+    clock = Clock()
+    journal = Journal(tmp_path / "j.sqlite3", clock=clock)
+    day = 86400.0
+
+    def rec(delivery: str, pr: str = "", kind: str = "pull_request") -> int:
+        journal.record(delivery_id=delivery, provider="github", event="pull_request", pr=pr,
+                       payload=f'{{"kind": "{kind}"}}')
+        row = journal.get(delivery)
+        assert row is not None
+        return row.seq
+
+    old_done = rec("old-done", "github:a#1")
+    rec("old-pending", "github:a#2")
+    journal.record(delivery_id="old-ignored", provider="github", event="push", ignored="push is not handled")
+    old_dead = rec("old-dead", "github:a#3")
+    journal.dead_letter(old_dead, error="invalid entry")
+    newer_than_dead = rec("old-done-after-dead", "github:a#3")
+    journal.complete({old_done: "applied", newer_than_dead: "applied"})
+    journal.enqueue_feedback(pr="github:a#1", provider="github", payload={"n": 1})
+    journal.enqueue_feedback(pr="github:a#2", provider="github", payload={"n": 2})
+    [item1, item2] = journal.take_feedback(limit=10)
+    journal.feedback_sent(item1, body="sent", comment_id=101)
+    journal.feedback_sent(item2, body="recorded", status="recorded")
+    journal.enqueue_feedback(pr="github:a#9", provider="github", payload={"n": 9})  # stays pending
+    clock.now += 15 * day
+    recent = rec("recent-done", "github:a#4")
+    journal.complete({recent: "applied"})
+    journal.enqueue_feedback(pr="github:a#4", provider="github", payload={"n": 4})
+    journal.feedback_sent(journal.feedback("github:a#4")[0], body="sent", comment_id=104)
+
+    removed = journal.prune(older_than=clock.now - 14 * day)
+    assert removed == {"deliveries": 2, "outbox": 2}
+    kept = {row.delivery_id for row in journal.recent(limit=100)}
+    assert kept == {"old-pending", "old-dead", "old-done-after-dead", "recent-done"}
+    assert sorted(i.pr for i in journal.feedback()) == ["github:a#4", "github:a#9"]
+    assert not journal.record(delivery_id="recent-done", provider="github", event="pull_request")  # dedupe
+    # the sticky comment of PR 1 survives: its next state edits the same comment
+    journal.enqueue_feedback(pr="github:a#1", provider="github", payload={"n": 5})
+    [again] = journal.feedback("github:a#1")
+    assert again.comment_id == 101
+    assert journal.prune(older_than=clock.now - 14 * day) == {"deliveries": 0, "outbox": 0}
+
+
+def test_queries_stay_bounded_with_many_rows(tmp_path: Path) -> None:
+    """Defect pinned: ``dead_letters()``, ``feedback()`` and ``dead_feedback()`` (read by the dashboard
+    every 10 s and by the API) returned every row. Each now takes a limit, newest first."""
+    journal = Journal(tmp_path / "j.sqlite3")
+    journal.record_many([{"delivery_id": f"d{i}", "provider": "github", "event": "pull_request",
+                          "pr": f"github:a#{i}", "payload": "{}"} for i in range(3000)])
+    for row in journal.take_batch(limit=3000):
+        journal.dead_letter(row.seq, error="x")
+    for i in range(1500):
+        journal.enqueue_feedback(pr=f"github:a#{i}", provider="github", payload={"n": i})
+    for item in journal.take_feedback(limit=1500):
+        journal.feedback_failed(item, error="401", max_attempts=1, backoff_max=1, permanent=True)
+    dead = journal.dead_letters(limit=50)
+    assert len(dead) == 50 and dead[0].delivery_id == "d2999"  # the newest first
+    assert len(journal.feedback(limit=20)) == 20
+    assert len(journal.dead_feedback(limit=30)) == 30
+    assert len(journal.feedback_of([f"github:a#{i}" for i in range(0, 3000, 2)])) == 750

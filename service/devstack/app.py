@@ -155,19 +155,22 @@ def create_app(
         return [_delivery_view(row) for row in rows]
 
     @app.get("/api/deadletters")
-    async def deadletters(request: Request) -> dict[str, Any]:
+    async def deadletters(request: Request, limit: int = 100) -> dict[str, Any]:
+        """The newest ``limit`` (1..500) dead deliveries and dead comments, newest first."""
         runtime: Runtime = request.app.state.runtime
-        dead = await run_in_threadpool(runtime.journal.dead_letters)
-        feedback = await run_in_threadpool(runtime.journal.dead_feedback)
+        bounded = max(1, min(limit, 500))
+        dead = await run_in_threadpool(runtime.journal.dead_letters, limit=bounded)
+        feedback = await run_in_threadpool(runtime.journal.dead_feedback, limit=bounded)
         return {
             "deliveries": [_delivery_view(row) for row in dead],
             "feedback": [{"pr": f.pr, "attempts": f.attempts, "error": f.last_error} for f in feedback],
         }
 
     @app.get("/api/feedback")
-    async def feedback(request: Request) -> list[dict[str, Any]]:
+    async def feedback(request: Request, limit: int = 100) -> list[dict[str, Any]]:
+        """The sticky comments of the ``limit`` (1..500) PRs whose feedback changed last."""
         runtime: Runtime = request.app.state.runtime
-        items = await run_in_threadpool(runtime.journal.feedback)
+        items = await run_in_threadpool(runtime.journal.feedback, limit=max(1, min(limit, 500)))
         return [
             {"pr": i.pr, "status": i.status, "attempts": i.attempts, "error": i.last_error, "body": i.sent_body,
              "commentId": i.comment_id}

@@ -213,6 +213,9 @@ class WorkerSettings(_Model):
     backoff_max: float = Field(300.0, gt=0)
     stalled_after: float = Field(300.0, gt=0, description="seconds the oldest pending delivery may wait before "
                                                           "/readyz says degraded")
+    claim_lease: float = Field(300.0, gt=0, description="seconds a process's claim on the rows it applies lasts")
+    refresh_interval: float = Field(5.0, gt=0, description="when idle, fetch the GitOps remote this often to see "
+                                                           "what other writers (the CLI) pushed")
 
 
 class FeedbackSettings(_Model):
@@ -265,6 +268,7 @@ class Settings(BaseSettings):
     trigger: Literal["all", "label"] = "all"
     resync_interval: Duration = timedelta(minutes=10)
     reap_interval: Duration = timedelta(minutes=1)
+    retention: Duration = timedelta(days=14)
     deploy_drafts: bool = False
     labels: LabelSettings = LabelSettings()
     security: SecuritySettings = SecuritySettings()

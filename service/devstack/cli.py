@@ -26,6 +26,7 @@ from devstack.catalog import Settings, load_settings
 from devstack.errors import ConfigError, DevstackError
 
 if TYPE_CHECKING:
+    from devstack.journal import Delivery
     from devstack.runtime import Runtime
     from devstack.worker import BatchResult
 
@@ -213,8 +214,12 @@ def cmd_change(args: argparse.Namespace) -> int:
         runtime.journal.record(delivery_id=command.delivery_id, provider="devstack", event=f"command:{command.op}",
                                pr=command.key, payload=command.to_json())
         results = _drain(runtime)
-        row = runtime.journal.get(command.delivery_id)
+        row = _finished(runtime, command.delivery_id)
     outcome = row.outcome if row else "unknown"
+    if row is not None and row.status == "pending":
+        print(f"{command.feature}: still pending (queued in the journal; applied when the GitOps repo can be "
+              "written)")
+        return 1
     if row is not None and row.status == "dead":
         print(f"devstack: {command.feature}: failed: {row.last_error}", file=sys.stderr)
         return 1
@@ -269,6 +274,18 @@ def _local_runtime(settings: Settings) -> Iterator[Runtime]:
             yield runtime
         finally:
             runtime.close()
+
+
+def _finished(runtime: Runtime, delivery_id: str, *, timeout: float = 60.0) -> Delivery | None:
+    """The journal row of ``delivery_id`` once it is finished: a server running on the same journal
+    may have claimed it first (one writer per row), then it is that server that applies it."""
+    deadline = time.monotonic() + timeout
+    row = runtime.journal.get(delivery_id)
+    while row is not None and row.status == "pending" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        _drain(runtime)
+        row = runtime.journal.get(delivery_id)
+    return row
 
 
 def _drain(runtime: Runtime) -> list[BatchResult]:

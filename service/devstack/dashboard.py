@@ -112,6 +112,7 @@ class Page:
     git_error: str
     live: bool  # a live status source exists (Argo CD)
     counts: Mapping[str, int]
+    dead_total: int = 0  # dead deliveries and dead comments (the lists show the newest RECENT_LIMIT of each)
     previews: list[PreviewView] = field(default_factory=list)
     dead_deliveries: list[DeliveryView] = field(default_factory=list)
     dead_feedback: list[DeadFeedbackView] = field(default_factory=list)
@@ -163,7 +164,19 @@ def collect(runtime: Runtime, *, now: datetime, refresh: int = REFRESH_SECONDS, 
     """Read everything the page shows, once (the journal and the worker are thread-safe)."""
     journal = runtime.journal
     recent_rows = journal.recent(limit=limit)
-    outbox = {item.pr: item for item in journal.feedback()}
+    snapshot = runtime.worker.snapshot()
+    dead_rows = journal.dead_letters(limit=limit)
+    # only the outbox rows the page shows: its previews' PRs, the recent and dead deliveries' PRs
+    shown = {row.pr for row in (*recent_rows, *dead_rows) if row.pr}
+    for elements in snapshot.values():
+        for element in elements:
+            shown.update(k for k in element.get("requestedBy", ()) if "#" in k)
+            source = element.get("source") or {}
+            shown.add(f"{source.get('provider')}:{source.get('repo')}#{source.get('number')}")
+    outbox = {item.pr: item for item in journal.feedback_of(shown)}
+    dead_items = journal.dead_feedback(limit=limit)
+    for item in dead_items:
+        outbox.setdefault(item.pr, item)
     titles: dict[str, str] = {}
     urls: dict[str, str] = {}
     for row in reversed(recent_rows):  # oldest first, so the newest title wins
@@ -173,7 +186,7 @@ def collect(runtime: Runtime, *, now: datetime, refresh: int = REFRESH_SECONDS, 
         if row.pr and details.get("url"):
             urls[row.pr] = str(details["url"])
     live = _live_statuses(runtime)
-    previews = _previews(runtime.worker.snapshot(), now=now, outbox=outbox, titles=titles, live=live)
+    previews = _previews(snapshot, now=now, outbox=outbox, titles=titles, live=live)
     for preview in previews:
         for pr in preview.prs:
             if pr.url:
@@ -198,13 +211,14 @@ def collect(runtime: Runtime, *, now: datetime, refresh: int = REFRESH_SECONDS, 
             pr=pr_of(item.pr) or _pull_request(item.pr, url="", title=""), attempts=item.attempts,
             error=item.last_error, updated_at=_iso(item.updated_at), ago=_ago(item.updated_at, now=now),
         )
-        for item in outbox.values() if item.status == "dead"
+        for item in dead_items
     ]
+    counts = journal.counts()
     return Page(
         version=__version__, now=now.strftime("%Y-%m-%d %H:%M:%SZ"), refresh=refresh,
         healthy=runtime.worker.healthy, git_error=runtime.worker.last_error, live=live is not None,
-        counts=journal.counts(), previews=previews,
-        dead_deliveries=[delivery(row) for row in reversed(journal.dead_letters())],
+        counts=counts, dead_total=counts["dead"] + journal.outbox_counts()["dead"], previews=previews,
+        dead_deliveries=[delivery(row) for row in dead_rows],
         dead_feedback=dead_feedback, recent=[delivery(row) for row in recent_rows],
         quarantined=sorted(runtime.worker.quarantined().items()), stalled=_stalled(runtime),
     )

@@ -16,15 +16,24 @@ until the worker has pushed its effect, so a restart (or ``kill -9``) resumes wh
 
 One connection guarded by a lock; WAL mode with ``synchronous=FULL`` so an acknowledged delivery
 survives a crash of the process and of the machine.
+
+Several processes may open one journal (the server, and CLI commands in direct mode on its
+``state_dir``): :meth:`Journal.take_batch` *claims* the rows it returns (owner ``host:pid:random``
+and a lease, in one ``IMMEDIATE`` transaction), so one process applies each row. History is
+bounded: :meth:`Journal.prune` forgets finished rows older than the retention window, and every
+listing the dashboard and the API read takes a limit.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import socket
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,10 +55,13 @@ CREATE TABLE IF NOT EXISTS deliveries (
     next_attempt_at REAL NOT NULL DEFAULT 0,
     last_error TEXT NOT NULL DEFAULT '',
     received_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    claimed_by TEXT NOT NULL DEFAULT '',   -- the process applying it now (host:pid:random), '' when none
+    claim_expires REAL NOT NULL DEFAULT 0  -- ... until then (a crashed claimer's rows are taken after it)
 );
 CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (status, queue, seq);
 CREATE INDEX IF NOT EXISTS deliveries_pr ON deliveries (pr, seq);
+CREATE INDEX IF NOT EXISTS deliveries_finished ON deliveries (status, received_at);
 CREATE TABLE IF NOT EXISTS outbox (
     pr TEXT PRIMARY KEY,
     provider TEXT NOT NULL,
@@ -118,10 +130,36 @@ class OutboxItem:
     deployed_sha: str
 
 
+DEFAULT_LEASE = 300.0
+
+
+def new_owner() -> str:
+    """This process's name as a claimer: ``host:pid:random`` (random: two journals in one process)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def claimer_gone(owner: str) -> bool:
+    """True when ``owner`` was a process on this host that no longer exists (its claims are stale)."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, but not ours to signal
+        return False
+    return False
+
+
 class Journal:
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time, owner: str | None = None,
+                 lease: float = DEFAULT_LEASE) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
+        self.owner = owner or new_owner()
+        self._lease = lease
         self._lock = threading.Lock()
         # Set when work arrives, so the loops wake at once instead of at their next poll.
         self._signals = {name: threading.Event() for name in ("git", "comments", "feedback")}
@@ -133,6 +171,9 @@ class Journal:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(deliveries)")}
         if columns and "queue" not in columns:  # a journal written before comment commands existed
             self._db.execute("ALTER TABLE deliveries ADD COLUMN queue TEXT NOT NULL DEFAULT 'git'")
+        if columns and "claimed_by" not in columns:  # a journal written before claims existed
+            self._db.execute("ALTER TABLE deliveries ADD COLUMN claimed_by TEXT NOT NULL DEFAULT ''")
+            self._db.execute("ALTER TABLE deliveries ADD COLUMN claim_expires REAL NOT NULL DEFAULT 0")
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -211,20 +252,50 @@ class Journal:
         return new
 
     def take_batch(self, *, limit: int, queue: str = "git") -> list[Delivery]:
-        """The oldest pending deliveries, in arrival order (they stay pending until completed).
+        """Claim the oldest pending deliveries, in arrival order (they stay pending until completed).
 
         Strictly first in, first out: while the oldest pending delivery waits for its retry, nothing
         behind it is taken, so a later event for the same PR can never overtake an earlier one (which
         would let a retried ``opened`` undo the ``synchronize`` that followed it). Retries come from
         git failures, which stop every delivery anyway; an entry that cannot be valid is
         dead-lettered at once instead of retried, so it never blocks the queue.
+
+        One writer per row: the rows taken are claimed for this journal's :attr:`owner` until the
+        lease ends, in the same ``IMMEDIATE`` transaction that reads them, so another process on the
+        same journal (a direct-mode CLI command next to the server) takes neither them nor anything
+        behind them. Finishing a row (complete, retry, dead letter) or :meth:`release` drops the
+        claim; the claim of a crashed claimer lapses with its lease, or at once when it was a process
+        on this host that no longer exists.
         """
-        rows = self._query(
-            "SELECT * FROM deliveries WHERE status = 'pending' AND queue = ? ORDER BY seq LIMIT ?", (queue, limit)
-        )
-        if not rows or rows[0]["next_attempt_at"] > self._clock():
-            return []
-        return [_delivery(row) for row in rows]
+        now = self._clock()
+        head = self._query("SELECT next_attempt_at FROM deliveries WHERE status = 'pending' AND queue = ?"
+                           " ORDER BY seq LIMIT 1", (queue,))
+        if not head or head[0]["next_attempt_at"] > now:
+            return []  # nothing due: no write transaction for an idle poll
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT * FROM deliveries WHERE status = 'pending' AND queue = ? ORDER BY seq LIMIT ?", (queue, limit)
+            ).fetchall()
+            if not rows or rows[0]["next_attempt_at"] > now:
+                return []
+            taken = []
+            for row in rows:
+                owner = row["claimed_by"]
+                if owner and owner != self.owner and row["claim_expires"] > now and not claimer_gone(owner):
+                    break  # another process is applying it: it and what follows are not ours to take
+                taken.append(row)
+            if taken:
+                db.executemany(
+                    "UPDATE deliveries SET claimed_by = ?, claim_expires = ? WHERE seq = ?",
+                    [(self.owner, now + self._lease, row["seq"]) for row in taken],
+                )
+        return [_delivery(row) for row in taken]
+
+    def release(self, seqs: Sequence[int]) -> None:
+        """Drop this journal's claim on ``seqs`` (those still pending go back to whoever is next)."""
+        with self._tx() as db:
+            db.executemany("UPDATE deliveries SET claimed_by = '', claim_expires = 0 WHERE seq = ? AND claimed_by = ?",
+                           [(seq, self.owner) for seq in seqs])
 
     def take_in_order_per_pr(self, *, limit: int, queue: str = "comments") -> list[Delivery]:
         """The pending deliveries that are due, oldest first, in order *per PR*.
@@ -266,8 +337,8 @@ class Journal:
         now = self._clock()
         with self._tx() as db:
             db.executemany(
-                "UPDATE deliveries SET status = 'done', outcome = ?, finished_at = ?, last_error = ''"
-                " WHERE seq = ?",
+                "UPDATE deliveries SET status = 'done', outcome = ?, finished_at = ?, last_error = '',"
+                " claimed_by = '', claim_expires = 0 WHERE seq = ?",
                 [(outcome[:500], now, seq) for seq, outcome in outcomes.items()],
             )
             queued = 0
@@ -294,14 +365,15 @@ class Journal:
                 if max_attempts is not None and attempts >= max_attempts:
                     dead.append(seq)
                     db.execute(
-                        "UPDATE deliveries SET status = 'dead', attempts = ?, last_error = ?, finished_at = ?"
-                        " WHERE seq = ?",
+                        "UPDATE deliveries SET status = 'dead', attempts = ?, last_error = ?, finished_at = ?,"
+                        " claimed_by = '', claim_expires = 0 WHERE seq = ?",
                         (attempts, error[:2000], now, seq),
                     )
                     continue
                 wait = delay if delay is not None else backoff_delay(attempts, cap=backoff_max)
                 db.execute(
-                    "UPDATE deliveries SET attempts = ?, last_error = ?, next_attempt_at = ? WHERE seq = ?",
+                    "UPDATE deliveries SET attempts = ?, last_error = ?, next_attempt_at = ?, claimed_by = '',"
+                    " claim_expires = 0 WHERE seq = ?",
                     (attempts, error[:2000], now + wait, seq),
                 )
         return dead
@@ -309,8 +381,8 @@ class Journal:
     def dead_letter(self, seq: int, *, error: str) -> None:
         with self._tx() as db:
             db.execute(
-                "UPDATE deliveries SET status = 'dead', attempts = attempts + 1, last_error = ?, finished_at = ?"
-                " WHERE seq = ?",
+                "UPDATE deliveries SET status = 'dead', attempts = attempts + 1, last_error = ?, finished_at = ?,"
+                " claimed_by = '', claim_expires = 0 WHERE seq = ?",
                 (error[:2000], self._clock(), seq),
             )
 
@@ -370,8 +442,42 @@ class Journal:
         result.update({row["status"]: row["n"] for row in rows})
         return result
 
-    def dead_letters(self) -> list[Delivery]:
-        return [_delivery(r) for r in self._query("SELECT * FROM deliveries WHERE status = 'dead' ORDER BY seq")]
+    def dead_letters(self, *, limit: int | None = None) -> list[Delivery]:
+        """Dead deliveries, oldest first; with ``limit``, only the newest ``limit`` (newest first)."""
+        if limit is None:
+            return [_delivery(r) for r in self._query("SELECT * FROM deliveries WHERE status = 'dead' ORDER BY seq")]
+        rows = self._query("SELECT * FROM deliveries WHERE status = 'dead' ORDER BY seq DESC LIMIT ?", (limit,))
+        return [_delivery(r) for r in rows]
+
+    def prune(self, *, older_than: float, chunk: int = 5000) -> dict[str, int]:
+        """Forget finished history older than ``older_than`` (a timestamp); returns what was removed.
+
+        Removed: ``done`` and ``ignored`` deliveries that arrived and finished before it, and ``sent`` /
+        ``recorded`` outbox rows last changed before it. Kept: pending and dead rows, everything newer
+        (so a redelivery inside the window is still a duplicate), a PR's applied states newer than
+        one of its dead letters (a redrive is checked against them), and the ``sticky`` table (the
+        comment id of every PR, so a PR that comes back edits its comment instead of posting another).
+        Deleted in chunks, so the writers are never held for long.
+        """
+        removed = {"deliveries": 0, "outbox": 0}
+        while True:
+            with self._tx() as db:
+                cursor = db.execute(
+                    "DELETE FROM deliveries WHERE seq IN (SELECT d.seq FROM deliveries d"
+                    " WHERE d.status IN ('done', 'ignored') AND d.received_at < ?"
+                    " AND COALESCE(d.finished_at, d.received_at) < ?"
+                    " AND NOT (d.pr != '' AND EXISTS (SELECT 1 FROM deliveries x WHERE x.pr = d.pr"
+                    " AND x.status = 'dead' AND x.seq < d.seq)) LIMIT ?)",
+                    (older_than, older_than, chunk),
+                )
+            removed["deliveries"] += cursor.rowcount
+            if cursor.rowcount < chunk:
+                break
+        with self._tx() as db:
+            cursor = db.execute("DELETE FROM outbox WHERE status IN ('sent', 'recorded') AND updated_at < ?",
+                                (older_than,))
+            removed["outbox"] = cursor.rowcount
+        return removed
 
     def recent(self, *, limit: int = 50) -> list[Delivery]:
         rows = self._query("SELECT * FROM deliveries ORDER BY seq DESC LIMIT ?", (limit,))
@@ -431,13 +537,30 @@ class Journal:
         )
         return [_outbox(row) for row in rows]
 
-    def feedback(self, pr: str | None = None) -> list[OutboxItem]:
-        sql = (
-            "SELECT o.*, s.comment_id, COALESCE(s.deployed_sha, '') AS deployed_sha FROM outbox o"
-            " LEFT JOIN sticky s ON s.pr = o.pr"
-        )
-        rows = self._query(sql + " WHERE o.pr = ?", (pr,)) if pr else self._query(sql + " ORDER BY o.pr")
+    _FEEDBACK = (
+        "SELECT o.*, s.comment_id, COALESCE(s.deployed_sha, '') AS deployed_sha FROM outbox o"
+        " LEFT JOIN sticky s ON s.pr = o.pr"
+    )
+
+    def feedback(self, pr: str | None = None, *, limit: int | None = None) -> list[OutboxItem]:
+        """The outbox row of ``pr``; or every row (by PR), or with ``limit`` the most recently changed."""
+        if pr:
+            rows = self._query(self._FEEDBACK + " WHERE o.pr = ?", (pr,))
+        elif limit is not None:
+            rows = self._query(self._FEEDBACK + " ORDER BY o.updated_at DESC LIMIT ?", (limit,))
+        else:
+            rows = self._query(self._FEEDBACK + " ORDER BY o.pr")
         return [_outbox(row) for row in rows]
+
+    def feedback_of(self, prs: Iterable[str]) -> list[OutboxItem]:
+        """The outbox rows of these PRs (those that have one), read in bounded chunks."""
+        keys = sorted(set(prs))
+        items: list[OutboxItem] = []
+        for start in range(0, len(keys), 500):
+            part = keys[start:start + 500]
+            rows = self._query(self._FEEDBACK + f" WHERE o.pr IN ({', '.join('?' * len(part))})", part)
+            items += [_outbox(row) for row in rows]
+        return items
 
     def feedback_sent(
         self, item: OutboxItem, *, body: str, status: str = "sent", comment_id: int | None = None,
@@ -476,8 +599,10 @@ class Journal:
             )
         return dead
 
-    def dead_feedback(self) -> list[OutboxItem]:
-        return [item for item in self.feedback() if item.status == "dead"]
+    def dead_feedback(self, *, limit: int = 1000) -> list[OutboxItem]:
+        """Dead feedback, the most recently failed first, at most ``limit``."""
+        rows = self._query(self._FEEDBACK + " WHERE o.status = 'dead' ORDER BY o.updated_at DESC LIMIT ?", (limit,))
+        return [_outbox(row) for row in rows]
 
 
 def _supersede(db: sqlite3.Connection, *, seqs: Sequence[int] | None, now: float) -> None:

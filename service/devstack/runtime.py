@@ -6,6 +6,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from devstack.worker import Worker
 
 logger = logging.getLogger(__name__)
 
+PRUNE_EVERY = 3600.0  # seconds between two pruning passes (history is kept for ``retention``)
 SECRET_FILE = "webhook-secret"  # noqa: S105 - a file name, not a secret
 API_TOKEN_FILE = "api-token"  # noqa: S105 - a file name, not a secret
 
@@ -140,7 +142,7 @@ class Runtime:
               clone_path: Path | None = None, kube_api: Any = None) -> Runtime:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         clients = provider_clients(settings) if clients is None else clients
-        journal = Journal(settings.journal_path)
+        journal = Journal(settings.journal_path, lease=settings.worker.claim_lease)
         store = open_store(settings, workdir=clone_path)
         metrics = Metrics()
         kube = settings.cluster
@@ -221,6 +223,8 @@ class Runtime:
                     first_delay=min(30.0, self.settings.resync_interval.total_seconds()),
                     task=lambda: self.resyncer.run_once() if self.worker.healthy else "resync: waiting for git")),
             ]
+            loops.append(("prune", lambda: run_periodically(
+                self.stop, every=PRUNE_EVERY, name="prune", first_delay=min(60.0, PRUNE_EVERY), task=self.prune)))
             if self.refresher is not None:
                 loops.append(("refresh", self._refresh_loop))
             self.threads = [threading.Thread(target=run, name=f"devstack-{name}", daemon=True) for name, run in loops]
@@ -228,6 +232,12 @@ class Runtime:
                 thread.start()
             if self.status_watcher is not None:
                 self.status_watcher.start()
+
+    def prune(self) -> str:
+        """Forget journal and outbox history older than ``retention`` (never what is pending)."""
+        removed = self.journal.prune(older_than=time.time() - self.settings.retention.total_seconds())
+        return (f"prune: {removed['deliveries']} deliveries and {removed['outbox']} comments older than "
+                f"{self.settings.retention} removed")
 
     def _refresh_loop(self) -> None:
         refresher = self.refresher

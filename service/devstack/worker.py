@@ -151,8 +151,31 @@ class Worker:
         batch = self._journal.take_batch(limit=self._settings.worker.batch_size)
         if not batch:
             return None
-        with bind(batch=uuid.uuid4().hex[:8]):
-            return self._process(batch)
+        try:
+            with bind(batch=uuid.uuid4().hex[:8]):
+                return self._process(batch)
+        finally:
+            # what is still pending (held back behind a retry) goes back to whoever is next
+            self._journal.release([d.seq for d in batch])
+
+    def refresh(self) -> bool:
+        """Fetch the GitOps remote; when its head moved (another writer pushed: a direct-mode CLI
+        command, a hand edit), re-read the entries so the API and the passes see them. True when
+        it moved. One ``git fetch`` (no objects when nothing changed)."""
+        try:
+            moved = self._store.fetch()
+        except TemporaryError as exc:
+            logger.log(logging.WARNING if self.healthy else logging.DEBUG, "git fetch failed: %s", exc)
+            self.healthy = False
+            self.last_error = str(exc)
+            return False
+        if moved:
+            self._set_snapshot(self._cache.decode(self._store.read()), self._cache.quarantined)
+            logger.info("the GitOps remote moved (another writer); entries re-read")
+        if not self.healthy and not self._journal.pending_by_queue().get("git"):
+            self.healthy = True
+            self.last_error = ""
+        return moved
 
     def _process(self, batch: Sequence[Delivery]) -> BatchResult:
         events, broken = self._events(batch)
@@ -330,13 +353,20 @@ class Worker:
         """Process batches until ``stop`` is set; (re)open the store until it works."""
         opened = False
         failures = 0
+        refreshed = time.monotonic()
         while not stop.is_set():
             try:
                 if not opened:
                     self.start()
                     opened = True
+                    refreshed = time.monotonic()
                 result = self.run_once()
                 failures = 0
+                if result is not None:
+                    refreshed = time.monotonic()  # a batch reads (or fetches) the newest tree anyway
+                elif time.monotonic() - refreshed >= self._settings.worker.refresh_interval:
+                    refreshed = time.monotonic()
+                    self.refresh()
             except TemporaryError as exc:
                 failures += 1
                 self.healthy = False
