@@ -13,7 +13,8 @@ Nothing stalls silently:
   planner's view, never written nor deleted, reported (:meth:`Worker.quarantined`, ``/api/previews``,
   the dashboard, ``devstack_quarantined_entries``, one error log line per version of the file), and
   the deliveries that target its feature become dead letters naming the file, so the operator fixes
-  or deletes it and runs ``devstack redrive``. Every other feature goes on.
+  or deletes it and runs ``devstack redrive`` (resync's own deliveries are only marked ignored: its
+  next pass asks again). Every other feature goes on.
 * **Any planning failure is isolated.** Whatever the planner (or the validation of what it made)
   raises becomes :class:`~devstack.errors.PlanFailed`: the batch is split in halves until the
   delivery that fails is alone, which becomes a dead letter with the reason; the others are applied.
@@ -216,6 +217,10 @@ class Worker:
                             f" ({decision.reason})" if decision.reason else "")
         dead = list(broken)
         for seq, reason in blocked.items():
+            if getattr(events[seq], "action", "") == "resync":
+                # resync asks again on its next pass: a dead letter per pass would only be noise
+                self._journal.complete({seq: f"ignored: {reason}"})
+                continue
             dead += self._dead({seq: events[seq]}, error=reason, broken=[]).dead
         if result.sha:
             logger.info("pushed %s: %d deliveries, %s changed, %d attempt(s)",
