@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any
 
 import jsonschema
+import jsonschema_rs
 
 from devstack.errors import InvalidEntry
 from devstack.naming import app_name, entry_filename, namespace
@@ -35,9 +36,21 @@ def _validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema())
 
 
-def validate(feature: str, elements: list[Element]) -> None:
-    """Raise :class:`InvalidEntry` unless ``elements`` is a valid entry file for ``feature``."""
-    errors = sorted(_validator().iter_errors(elements), key=lambda e: list(e.absolute_path))
+@cache
+def _fast_validator() -> jsonschema_rs.Draft202012Validator:
+    return jsonschema_rs.Draft202012Validator(schema())
+
+
+def validate(feature: str, elements: list[Element], *, fast: bool = False) -> None:
+    """Raise :class:`InvalidEntry` unless ``elements`` is a valid entry file for ``feature``.
+
+    ``fast``: check the schema with jsonschema-rs first (about a hundred times faster, for reading
+    every entry file of the repo); jsonschema runs only when that fails, for the message. Without it
+    (what is about to be committed) jsonschema decides."""
+    if fast and _fast_validator().is_valid(elements):
+        errors = []
+    else:
+        errors = sorted(_validator().iter_errors(elements), key=lambda e: list(e.absolute_path))
     if errors:
         first = errors[0]
         where = "/".join(str(p) for p in first.absolute_path) or "(file)"

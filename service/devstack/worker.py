@@ -82,7 +82,7 @@ class EntryCache:
                 continue
             try:
                 elements = entry_format.decode(feature, data)
-                entry_format.validate(feature, elements)
+                entry_format.validate(feature, elements, fast=True)
             except Exception as exc:  # noqa: BLE001 - whatever is wrong with the file, it is quarantined
                 reason = str(exc) if isinstance(exc, InvalidEntry) else (
                     f"{entry_filename(feature)}: {type(exc).__name__}: {exc}")
