@@ -232,7 +232,9 @@ def test_direct_mode_cli_next_to_a_running_server_one_writer_and_the_server_catc
     remote = make_bare_remote(tmp_path / "gitops.git")
     config = config_file(tmp_path, "shared", remote)
     data = yaml.safe_load(config.read_text())
-    data["worker"]["refresh_interval"] = 0.5
+    # the server polls the journal slowly, so the CLI (which drains at once) applies its own commands
+    # and the server has to notice them on the remote; it fetches every 0.5 s while idle
+    data["worker"].update(refresh_interval=0.5, poll_interval=2)
     config.write_text(yaml.safe_dump(data))
     server = Serve(cwd=tmp_path, args=["--config", str(config)])
     processes.append(server)
@@ -249,7 +251,7 @@ def test_direct_mode_cli_next_to_a_running_server_one_writer_and_the_server_catc
 
     up = run("up", "demo", "--with", "ledger", "--config", str(config), cwd=tmp_path)
     assert up.returncode == 0, up.stdout + up.stderr
-    assert up.stdout.startswith("demo: applied")
+    assert up.stdout.startswith("demo: applied") and "(commit " in up.stdout, up.stdout
     wait_until(lambda: listed() == ["demo"], "the server listing demo after `devstack up` in direct mode")
     previews = run("previews", "--url", server.url, cwd=tmp_path)
     assert "demo" in previews.stdout

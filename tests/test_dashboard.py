@@ -298,3 +298,31 @@ def test_dashboard_in_headless_chromium(
     assert dialogs == []  # nothing user-controlled ran
     assert screenshot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert screenshot.stat().st_size > 20_000
+
+
+def test_the_page_and_the_api_stay_bounded_with_many_rows(
+    settings: Settings, serve: Callable[..., RunningServer]
+) -> None:
+    """Defect pinned: the dashboard loaded the whole outbox and every dead letter on each refresh (every
+    10 s), and ``/api/deadletters`` and ``/api/feedback`` returned every row. Now the page shows the
+    newest 50 of each (its header still counts them all) and the API takes a capped ``limit``."""
+    server = serve(settings, run_workers=False)
+    journal = server.runtime.journal
+    journal.record_many([{"delivery_id": f"d{i}", "provider": "github", "event": "pull_request",
+                          "pr": f"github:acme/payments#{i}", "payload": "{}"} for i in range(600)])
+    for row in journal.take_batch(limit=600):
+        journal.dead_letter(row.seq, error=f"error {row.delivery_id}")
+    for i in range(300):
+        journal.enqueue_feedback(pr=f"github:acme/payments#{i}", provider="github", payload={"pr_url": ""})
+    for item in journal.take_feedback(limit=300):
+        journal.feedback_failed(item, error="HTTP 401", max_attempts=1, backoff_max=1, permanent=True)
+    page = server.get("/?refresh=0").text
+    assert page.count('class="dead-delivery"') == 50 and page.count('class="dead-feedback"') == 50
+    assert "<b>900</b> dead letters" in page
+    assert "d599" in page and "error d0<" not in page  # the newest first
+    dead = server.get("/api/deadletters").json()
+    assert len(dead["deliveries"]) == 100 and len(dead["feedback"]) == 100
+    assert dead["deliveries"][0]["delivery"] == "d599"
+    assert len(server.get("/api/deadletters?limit=100000").json()["deliveries"]) == 500
+    assert len(server.get("/api/feedback?limit=7").json()) == 7
+    assert len(server.get("/api/deliveries?limit=100000").json()) == 500

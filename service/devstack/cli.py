@@ -224,7 +224,13 @@ def cmd_change(args: argparse.Namespace) -> int:
         print(f"devstack: {command.feature}: failed: {row.last_error}", file=sys.stderr)
         return 1
     commits = [r.commit for r in results if r.commit]
-    print(f"{command.feature}: {outcome}" + (f" (commit {commits[-1][:12]})" if commits else " (nothing changed)"))
+    if commits:
+        where = f" (commit {commits[-1][:12]})"
+    elif row is not None and row.status == "done" and not results:
+        where = " (applied by another devstack process on this journal)"
+    else:
+        where = " (nothing changed)"
+    print(f"{command.feature}: {outcome}{where}")
     return 0 if outcome.startswith("applied") else 1
 
 

@@ -387,8 +387,10 @@ class Worker:
                 stop.wait(min(self._settings.worker.backoff_max, 2.0 ** min(failures, 8)))
                 continue
             if result is None and not stop.is_set():
-                # woken at once when a delivery is journaled; the poll catches retries coming due
-                self._journal.wait("git", self._settings.worker.poll_interval)
+                # woken at once when a delivery is journaled; the poll catches retries coming due (and
+                # rows another process journaled); the next refresh of the remote is not overslept
+                until_refresh = self._settings.worker.refresh_interval - (time.monotonic() - refreshed)
+                self._journal.wait("git", max(0.0, min(self._settings.worker.poll_interval, until_refresh)))
 
     def drain(self, *, timeout: float = 30.0) -> int:
         """Process until the journal has nothing due (tests, CLI one-shots); returns batches run."""
