@@ -210,7 +210,10 @@ def test_prune_removes_old_finished_rows_and_keeps_what_is_still_needed(tmp_path
     journal.enqueue_feedback(pr="github:a#4", provider="github", payload={"n": 4})
     journal.feedback_sent(journal.feedback("github:a#4")[0], body="sent", comment_id=104)
 
+    journal.warn([("gone", "1970-01-02T00:00:00Z", []), ("later", "2099-01-01T00:00:00Z", []),
+                  ("kept", "never", [])])
     removed = journal.prune(older_than=clock.now - 14 * day)
+    assert journal.warned_all() == {"later": "2099-01-01T00:00:00Z", "kept": "never"}
     assert removed == {"deliveries": 2, "outbox": 2}
     kept = {row.delivery_id for row in journal.recent(limit=100)}
     assert kept == {"old-pending", "old-dead", "old-done-after-dead", "recent-done"}

@@ -452,8 +452,9 @@ class Journal:
     def prune(self, *, older_than: float, chunk: int = 5000) -> dict[str, int]:
         """Forget finished history older than ``older_than`` (a timestamp); returns what was removed.
 
-        Removed: ``done`` and ``ignored`` deliveries that arrived and finished before it, and ``sent`` /
-        ``recorded`` outbox rows last changed before it. Kept: pending and dead rows, everything newer
+        Removed: ``done`` and ``ignored`` deliveries that arrived and finished before it, ``sent`` /
+        ``recorded`` outbox rows last changed before it, and the reaper's marks of warnings about
+        expiries that passed before it. Kept: pending and dead rows, everything newer
         (so a redelivery inside the window is still a duplicate), a PR's applied states newer than
         one of its dead letters (a redrive is checked against them), and the ``sticky`` table (the
         comment id of every PR, so a PR that comes back edits its comment instead of posting another).
@@ -477,6 +478,10 @@ class Journal:
             cursor = db.execute("DELETE FROM outbox WHERE status IN ('sent', 'recorded') AND updated_at < ?",
                                 (older_than,))
             removed["outbox"] = cursor.rowcount
+            # expiry warnings about an expiry that passed before the window (ISO 8601 UTC sorts as text;
+            # "never" sorts after every date and is kept)
+            expired = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(older_than))
+            db.execute("DELETE FROM warnings WHERE expires_at < ?", (expired,))
         return removed
 
     def recent(self, *, limit: int = 50) -> list[Delivery]:
