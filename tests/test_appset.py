@@ -344,7 +344,7 @@ def test_render_entry_file_and_its_yaml_stream(tmp_path: Path) -> None:
         "Application", "Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange",
     ]
     assert [d["metadata"]["name"] for d in documents if d["kind"] == "Application"] == [
-        "login-fix-payments-api", "login-fix--namespace",
+        "login-fix---payments-api", "login-fix--namespace",
     ]
     validate_all(documents)
 
@@ -364,7 +364,7 @@ def test_cli_renders_an_entry_file(tmp_path: Path, capsys: pytest.CaptureFixture
     assert code == 0, err
     assert "match: Host(`login-fix--payments-api.preview.example.com`)" in out
     assert "match: Host(`payments-api.example.com`) && Header(`x-devstack-feature`, `login-fix`)" in out
-    assert "# previews/login-fix.json[0] -> Application login-fix-payments-api" in out
+    assert "# previews/login-fix.json[0] -> Application login-fix---payments-api" in out
 
 
 def test_cli_refuses_an_invalid_entry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -440,7 +440,7 @@ def test_cli_dry_run_from_a_recorded_github_payload(tmp_path: Path, capsys: pyte
                               "--repo-root", str(REPO_ROOT)], capsys)
     assert code == 0, err
     documents = list(yaml.safe_load_all(out))
-    assert documents[0]["metadata"]["name"] == "master-drone-test"
+    assert documents[0]["metadata"]["name"] == "master---drone-test"
     validate_all(documents)
     # Either the planner marked the namespace owner, or the output says there is no namespace Application.
     names = [d["metadata"]["name"] for d in documents if d["kind"] == "Application"]

@@ -36,10 +36,102 @@ def test_feature_name_is_stable(branch: str) -> None:
     assert naming.feature_name(branch) == naming.feature_name(branch)
 
 
-@given(branches, branches)
-def test_different_branches_do_not_collide(a: str, b: str) -> None:
+def _adversarial_partners(text: str) -> list[str]:
+    """Texts built to collide with ``text``: its hashed form, kept-looking variants, length-limit cuts."""
+    name = naming.feature_name(text)
+    slug = naming._slug(text)
+    return [
+        name,  # the hashed (or kept) form of another input, used as a branch
+        name.upper(), f"{name}/", f"{name}-", f"-{name}",
+        slug, slug[: naming.FEATURE_MAX], slug[: naming.FEATURE_MAX - naming.HASH_LEN - 1],
+        f"{slug[: naming.FEATURE_MAX - naming.HASH_LEN - 1]}-{naming._digest(text)}",
+        f"{name}-{naming._digest(name)}", f"{slug}-000000", f"{slug[:23]}-abcdef",
+        naming.pr_feature_name(name, pr_key="github:acme/payments#42", number=42),
+    ]
+
+
+adversarial_pairs = st.one_of(
+    st.tuples(branches, branches),
+    branches.flatmap(lambda t: st.tuples(st.just(t), st.sampled_from(_adversarial_partners(t)))),
+)
+
+
+@given(adversarial_pairs)
+def test_different_branches_never_collide(pair: tuple[str, str]) -> None:
+    """Defect pinned: a branch literally named like another branch's hashed form (``feature-login-2c1d5e``
+    for ``feature/Login``) was kept as it is and took the same feature. Random pairs never found it;
+    half the pairs here are built to collide (the hashed form, names that look hashed, cuts at the
+    30-character limit)."""
+    a, b = pair
     if a != b:
         assert naming.feature_name(a) != naming.feature_name(b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("feature/Login", naming.feature_name("feature/Login")),  # the hashed form of another input
+        ("fix/abc123", "fix-abc123"),  # a valid name that looks like a hashed name
+        ("x" * 31, f"{'x' * 23}-{naming._digest('x' * 31)}"),  # 31 characters vs. its cut, at the limit
+        ("a" * 30, "a" * 31),  # the longest kept name vs. one character more
+        ("Feature/" + "x" * 40, naming.feature_name("Feature/" + "x" * 40)),  # a 30-character hashed form
+    ],
+)
+def test_built_collisions_get_different_names(a: str, b: str) -> None:
+    """Defect pinned: hashed names and kept names could meet (see above), at every length."""
+    assert naming.feature_name(a) != naming.feature_name(b)
+    for name in (naming.feature_name(a), naming.feature_name(b)):
+        assert naming.is_feature_name(name)
+
+
+def test_a_name_that_looks_hashed_is_hashed_and_every_hashed_name_looks_hashed() -> None:
+    assert naming.feature_name("release-202612") != "release-202612"
+    assert naming.feature_name("release-202612").startswith("release-202612-")
+    assert naming.feature_name("release-2026") == "release-2026"  # 4 digits: kept
+    assert naming.feature_name("facade") == "facade"  # a hashed name always has a part before its hash
+    assert naming.legacy_feature_name("release-202612") == "release-202612"  # what older devstack gave it
+    for text in HOSTILE:
+        name = naming.feature_name(text)
+        assert naming.looks_hashed(name) or name == text
+
+
+@given(st.tuples(st.from_regex(r"[a-z0-9]{1,4}(-[a-z0-9]{1,4}){0,6}", fullmatch=True),
+                 st.from_regex(r"[a-z]{1,3}(-[a-z0-9]{1,4}){0,6}", fullmatch=True)),
+       st.integers(min_value=1, max_value=6))
+def test_app_names_are_injective_across_features(pair: tuple[str, str], cut: int) -> None:
+    """Defect pinned: ``foo-payments`` + ``api`` and ``foo`` + ``payments-api`` both gave the Application
+    ``foo-payments-api``; both were committed and Argo CD kept one. Every split of one dashed string
+    into feature + service is tried here."""
+    feature, service = pair
+    joined = f"{feature}-{service}".split("-")
+    names = set()
+    splits = 0
+    for i in range(1, len(joined)):
+        f, s = "-".join(joined[:i]), "-".join(joined[i:])
+        if naming.is_feature_name(f) and naming.service_name_problem(s) is None:
+            names.add(naming.app_name(f, s))
+            splits += 1
+    assert len(names) == splits
+    assert naming.app_name(feature, service) != naming.legacy_app_name(feature, service)
+
+
+def test_app_names_of_the_issue_and_at_the_length_limit() -> None:
+    assert naming.app_name("foo-payments", "api") != naming.app_name("foo", "payments-api")
+    assert naming.legacy_app_name("foo-payments", "api") == naming.legacy_app_name("foo", "payments-api")
+    longest = naming.app_name("f" * 30, "s" * 30)
+    assert len(longest) == 63 and naming.is_dns_label(longest)  # never shortened, so never hashed
+    # never the namespace Application of any feature ("<feature>--namespace")
+    assert naming.app_name("login-fix", "namespace") != "login-fix--namespace"
+    assert naming.app_name("login", "fix-namespace") != "login-fix--namespace"
+    with pytest.raises(naming.InvalidName):
+        naming.app_name("ok", "s" * 31)
+
+
+@given(st.from_regex(r"[a-z0-9]{1,30}", fullmatch=True), st.integers(min_value=0, max_value=10**15))
+def test_pr_feature_names_are_valid_and_look_hashed(feature: str, number: int) -> None:
+    name = naming.pr_feature_name(feature, pr_key=f"github:acme/payments#{number}", number=number)
+    assert naming.is_feature_name(name) and naming.looks_hashed(name)
+    assert naming.feature_name(name) != name  # no branch can take it as it is
 
 
 @pytest.mark.parametrize("branch", HOSTILE)
@@ -65,11 +157,9 @@ def test_valid_names_are_kept_and_others_hashed() -> None:
     assert len(naming.feature_name("x" * 300)) == naming.FEATURE_MAX
 
 
-def test_app_name_is_shortened_with_a_hash_past_63() -> None:
-    feature = "a" * 30
-    name = naming.app_name(feature, "s" * 30 + "x")
-    assert len(name) <= 63 and DNS_1123_LABEL.match(name)
-    assert name != naming.app_name(feature, "s" * 30 + "y")
+def test_legacy_app_name_is_what_older_devstack_wrote() -> None:
+    assert naming.legacy_app_name("login-fix", "payments-api") == "login-fix-payments-api"
+    assert naming.app_names("login-fix", "payments-api") == ("login-fix---payments-api", "login-fix-payments-api")
 
 
 def test_derived_names_refuse_raw_user_text() -> None:

@@ -48,7 +48,7 @@ def test_opened_creates_one_entry_per_service_of_the_repo(settings: Settings) ->
     assert list(result.changed) == ["login-fix"]
     [element] = result.changed["login-fix"] or []
     assert element["service"] == "payments-api"
-    assert element["app"] == "login-fix-payments-api"
+    assert element["app"] == "login-fix---payments-api"
     assert element["namespace"] == "preview-login-fix"
     assert element["values"]["image"] == {"repository": "ghcr.io/acme/payments-api", "tag": SHA1}
     assert element["values"]["host"] == "login-fix--payments-api.preview.example.com"

@@ -86,14 +86,15 @@ def test_removing_the_label_removes_the_service_unless_someone_else_asks(setting
     with_label = run(settings, event(labels=("devstack/with:ledger",)))
     removed = run(settings, event(action="unlabeled"), state=with_label.entries)
     assert tags(removed) == {"payments-api": SHA1}
-    # a second PR of the stack still asks: it stays
-    other = event(repo="acme/payments", number=43, url="https://github.com/acme/payments/pull/43",
-                  delivery_id="o", labels=("devstack/with:ledger", "devstack/feature:login-fix"),
-                  head_branch="other-branch")
+    # a second PR of the stack (another repository: one repository has one PR per stack) still asks
+    drone = "github:bradrydzewski/drone-test-go#43"
+    other = event(repo="bradrydzewski/drone-test-go", number=43, delivery_id="o",
+                  url="https://github.com/bradrydzewski/drone-test-go/pull/43",
+                  labels=("devstack/with:ledger", "devstack/feature:login-fix"), head_branch="other-branch")
     shared = run(settings, event(labels=("devstack/with:ledger",)), other)
-    assert requested(shared)["ledger"] == [PAYMENTS, "github:acme/payments#43"]
+    assert requested(shared)["ledger"] == [PAYMENTS, drone]
     dropped = run(settings, event(action="unlabeled"), state=shared.entries)
-    assert requested(dropped)["ledger"] == ["github:acme/payments#43"]
+    assert requested(dropped)["ledger"] == [drone]
 
 
 def test_unknown_service_is_named_and_nothing_else_changes(settings: Settings) -> None:

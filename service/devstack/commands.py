@@ -304,8 +304,9 @@ def cli_command(
 ) -> Command:
     """A :class:`Command` from what a person typed (CLI or API); :class:`ValueError` says what is wrong.
 
-    ``services``: ``name`` or ``name@tag``. The feature name goes through :mod:`devstack.naming` like
-    a branch name does (a valid name is kept as it is).
+    ``services``: ``name`` or ``name@tag``. A valid feature name is the stack of that name, also one
+    that looks hashed (a person names a stack, e.g. one ``devstack previews`` lists); other text goes
+    through :mod:`devstack.naming` like a branch name does.
     """
     if op not in CLI_OPS:
         raise ValueError(f"unknown operation {op[:20]!r}: use one of {', '.join(CLI_OPS)}")
@@ -331,7 +332,8 @@ def cli_command(
     if ttl is not None:
         parse_duration(ttl)  # raises InvalidDuration (a ValueError) with a clear message
         args.append(("ttl", ttl))
+    stack = feature if naming.is_feature_name(feature) else naming.feature_name(feature)
     return Command(
-        delivery_id=f"cli:{op}:{uuid.uuid4()}", op=op, feature=naming.feature_name(feature), services=tuple(pinned),
+        delivery_id=f"cli:{op}:{uuid.uuid4()}", op=op, feature=stack, services=tuple(pinned),
         args=tuple(args), actor=actor, received_at=now or datetime.now(UTC),
     )

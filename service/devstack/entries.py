@@ -18,7 +18,7 @@ import jsonschema
 import jsonschema_rs
 
 from devstack.errors import InvalidEntry
-from devstack.naming import app_name, entry_filename, namespace
+from devstack.naming import app_name, app_names, entry_filename, namespace
 
 Element = dict[str, Any]
 
@@ -63,7 +63,7 @@ def validate(feature: str, elements: list[Element], *, fast: bool = False) -> No
             problems.append(f"feature is not {feature!r}")
         if service in services:
             problems.append(f"service {service!r} appears twice")
-        if element["app"] != app_name(feature, service):
+        if element["app"] not in app_names(feature, service):
             problems.append(f"app is not {app_name(feature, service)!r}")
         if element["namespace"] != namespace(feature) or element["values"]["namespace"] != namespace(feature):
             problems.append(f"namespace is not {namespace(feature)!r}")

@@ -5,10 +5,21 @@ each is checked against the rule it must satisfy (DNS-1123 label) before it leav
 typed reaches a path, a host or YAML any other way.
 
 Feature names: a branch (or ``devstack/feature:<name>`` label) that already is a valid name of at
-most 30 characters is used as it is (``login-fix``). Anything else (upper case, ``/``, unicode,
-``--``, too long, empty) is slugged and given a 6-character hash of the *original* text, so two
-different inputs never share a name and the same input always gets the same one:
-``feature/Login`` -> ``feature-login-2c1d5e``.
+most 30 characters is used as it is (``login-fix``), unless it *looks hashed* (its last part is 6
+hexadecimal characters, ``fix-abc123``). Anything else (upper case, ``/``, unicode, ``--``, too long,
+empty, looks hashed) is slugged and given a 6-character hash of the *original* text:
+``feature/Login`` -> ``feature-login-48fad0``. Every hashed name looks hashed and no name kept as it
+is does, so a branch can never take the hashed name of another text: two different inputs share a
+name only if their slugs and the first 24 bits of their SHA-256 agree (and a PR already in a stack
+keeps it, :func:`legacy_feature_name`). The same input always gets the same name.
+
+Application names: ``<feature>---<service>`` (three dashes). Injective, because a feature never
+contains ``--`` nor ends with ``-`` and a service never starts with ``-``: the first ``--`` ends the
+feature. At most 30 + 3 + 30 = 63 characters, so never shortened. Disjoint from the namespace
+Application ``<feature>--namespace`` (two dashes, then ``namespace``) and from the old scheme
+``<feature>-<service>`` (no ``--`` at all), which existing elements keep (:func:`legacy_app_name`):
+renaming an Application makes Argo CD delete it and create a new one, and its PostDelete hooks drop
+the preview's database.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ FEATURE_MAX = 30
 HASH_LEN = 6
 DNS_LABEL_MAX = 63
 NAMESPACE_PREFIX = "preview-"
+APP_SEPARATOR = "---"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 # A feature must not contain "--": it separates the feature from the service in preview hosts.
@@ -51,11 +63,43 @@ def _slug(text: str) -> str:
     return _NOT_SLUG.sub("-", ascii_text.lower()).strip("-")
 
 
+_LOOKS_HASHED = re.compile(rf"-[0-9a-f]{{{HASH_LEN}}}$")  # every hashed name: "<base>-<hash>"
+
+
+def looks_hashed(name: str) -> bool:
+    """Whether ``name`` has the shape of a hashed name: a last part (after a ``-``) of 6 hexadecimal
+    characters. ``facade`` does not (a hashed name always has a part before the hash)."""
+    return bool(_LOOKS_HASHED.search(name))
+
+
 def feature_name(text: str) -> str:
-    """A stable, collision-free feature name (DNS-1123 label, at most 30 characters) for any text."""
-    if is_feature_name(text):
+    """A stable feature name (DNS-1123 label, at most 30 characters, no ``--``) for any text.
+
+    Kept names never look hashed and hashed names always do, so the two sets never meet.
+    """
+    if is_feature_name(text) and not looks_hashed(text):
         return text
-    digest = _digest(text)
+    return _hashed(text, _digest(text))
+
+
+def legacy_feature_name(text: str) -> str:
+    """The name devstack gave ``text`` before hashed-looking names were hashed too (a valid name was
+    kept as it is). A PR whose stack has this name keeps it, so an upgrade renames no preview."""
+    return text if is_feature_name(text) else feature_name(text)
+
+
+def pr_feature_name(feature: str, *, pr_key: str, number: int) -> str:
+    """The feature of a PR that cannot share ``feature`` (another open PR of its repository builds the
+    same services there): ``<feature>-<number>-<hash6>``, the hash over the PR's identity and the
+    feature. It looks hashed, so no branch kept as it is can take it."""
+    _checked_feature(feature)
+    digest = _digest(f"pr\x00{pr_key}\x00{feature}")
+    suffix = f"-{number}-{digest}" if 0 <= number < 10**12 else f"-{digest}"
+    base = feature[: FEATURE_MAX - len(suffix)].rstrip("-")
+    return _checked_feature(f"{base or 'f'}{suffix}")
+
+
+def _hashed(text: str, digest: str) -> str:
     base = _slug(text)[: FEATURE_MAX - HASH_LEN - 1].strip("-")
     return f"{base}-{digest}" if base else f"f-{digest}"
 
@@ -83,11 +127,25 @@ def namespace(feature: str) -> str:
 
 
 def app_name(feature: str, service: str) -> str:
-    """The Argo CD Application name ``<feature>-<service>``, shortened with a hash past 63 chars."""
+    """The Argo CD Application name of a new element, ``<feature>---<service>`` (injective, at most 63)."""
+    problem = service_name_problem(service)
+    if problem:
+        raise InvalidName(f"service {service[:40]!r} {problem}")
+    return _checked(f"{_checked_feature(feature)}{APP_SEPARATOR}{service}")
+
+
+def legacy_app_name(feature: str, service: str) -> str:
+    """The Application name of elements created before :func:`app_name` was injective,
+    ``<feature>-<service>``: an existing element keeps it (renaming deletes the Application)."""
     name = f"{_checked_feature(feature)}-{service}"
     if len(name) > DNS_LABEL_MAX:
         name = f"{name[: DNS_LABEL_MAX - HASH_LEN - 1].rstrip('-')}-{_digest(name)}"
     return _checked(name)
+
+
+def app_names(feature: str, service: str) -> tuple[str, str]:
+    """The names an element of ``service`` in ``feature`` may have: the current one, then the old one."""
+    return app_name(feature, service), legacy_app_name(feature, service)
 
 
 def entry_filename(feature: str) -> str:

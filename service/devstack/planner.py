@@ -197,9 +197,10 @@ def plan(
                      reason=reason or "")
         )
     changed: dict[str, list[Element] | None] = {}
+    names = _AppNames(entries)
     for feature in sorted(state.touched):
-        elements = state.get(feature)
-        new = _with_namespace_owner(list(elements)) if elements else None
+        elements = names.keep(feature, state.get(feature))
+        new = _with_namespace_owner(elements) if elements else None
         if new is None:
             state.current.pop(feature, None)
         else:
@@ -223,13 +224,15 @@ def _apply(
     batch: _Batch,
 ) -> str | None:
     """Change ``state`` for ``event``; return why it wants no preview (None when it has one)."""
-    feature = feature_of(event, catalog)
+    feature, why_own = _choose_feature(state, event, catalog)
     prior = stack_expiry(state.get(feature))
     previous = {e["service"]: e for e in state.get(feature)}  # for the CLI overrides they carry
     _withdraw(state, event.key, catalog)
     reason = why_no_preview(event, catalog, approvals)
     if reason:
         return reason
+    if why_own:
+        batch.notes.setdefault(event.key, []).append(why_own)
     own = catalog.services_of_repo(provider=event.provider.value, repo=event.repo)
     wanted, unknown = _with_services(event, catalog)
     if unknown:
@@ -316,10 +319,54 @@ def _label_values(event: PullRequestEvent, catalog: Settings, name: str) -> list
     return sorted(lbl[len(prefix):].strip() for lbl in event.labels if lbl.startswith(prefix))
 
 
-def feature_of(event: PullRequestEvent, catalog: Settings) -> str:
-    """``devstack/feature:<name>`` when present, else the head branch: always through naming."""
+def feature_text(event: PullRequestEvent, catalog: Settings) -> str:
+    """The text a PR's feature is named from: its ``devstack/feature:<name>`` label, else its head branch."""
     named = _label_values(event, catalog, "feature")
-    return naming.feature_name(named[0] if named else event.head_branch)
+    return named[0] if named else event.head_branch
+
+
+def feature_of(event: PullRequestEvent, catalog: Settings) -> str:
+    """The feature a PR's text maps to (:func:`feature_text`), always through naming."""
+    return naming.feature_name(feature_text(event, catalog))
+
+
+def _choose_feature(state: _State, event: PullRequestEvent, catalog: Settings) -> tuple[str, str]:
+    """The stack PR ``event`` belongs in, and a note for its comment when that is not :func:`feature_of`.
+
+    * A PR already in a stack named the old way for its text (:func:`naming.legacy_feature_name`) stays
+      there: renaming a stack deletes and recreates its Applications (and drops their databases).
+    * One stack holds at most one open PR per repository (two would build the same services and
+      overwrite each other; closing either would drop the other to its base tag). The first PR keeps
+      the feature; a second PR of the same repository gets its own stack,
+      :func:`naming.pr_feature_name`, and keeps it while it lives (also once the first one closes).
+    """
+    text = feature_text(event, catalog)
+    wanted = naming.feature_name(text)
+    own = naming.pr_feature_name(wanted, pr_key=event.key, number=event.number)
+    current = state.stack_of(event.key)
+    if current is not None and current != wanted and current == naming.legacy_feature_name(text):
+        return current, ""
+    other = _same_repo_requester(state.get(wanted), event)
+    if other is None and current != own:
+        return wanted, ""
+    why = (f"another open pull request of this repository ({_display_key(other)}) has the preview"
+           if other else "another pull request of this repository had the preview when this one got its own")
+    return own, (f"This pull request has its own preview stack `{own}`: {why} of feature `{wanted}`, and two "
+                 "pull requests of one repository would build the same services.")
+
+
+def _same_repo_requester(elements: Sequence[Element], event: PullRequestEvent) -> str | None:
+    """Another PR of ``event``'s repository that asks for something in ``elements``, if any."""
+    prefix = f"{event.provider.value}:{event.repo}#"
+    return min((k for k in _requesters(elements) if k.startswith(prefix) and k != event.key), default=None)
+
+
+def _display_key(key: str | None) -> str:
+    """``#42`` (GitHub) or ``!42`` (GitLab) of a PR key."""
+    if key is None:
+        return ""
+    number = key.rsplit("#", 1)[1]
+    return f"!{number}" if key.startswith("gitlab:") else f"#{number}"
 
 
 def _with_services(event: PullRequestEvent, catalog: Settings) -> tuple[list[str], list[str]]:
@@ -483,6 +530,42 @@ def _carry_overrides(old: Element, new: Element) -> None:
     new["values"] = {**new["values"], "env": {**new["values"]["env"], **overrides.get("env", {})}}
     if overrides.get("restartedAt"):
         new["values"]["restartedAt"] = overrides["restartedAt"]
+
+
+class _AppNames:
+    """Existing elements keep their Application name (:func:`naming.legacy_app_name` before names were
+    injective): renaming an Application makes Argo CD delete it and create a new one, whose PostDelete
+    hooks drop the preview's database. New elements get :func:`naming.app_name`.
+
+    An old name two elements of the repository share (``foo-payments`` + ``api`` and ``foo`` +
+    ``payments-api`` both gave ``foo-payments-api``) stays with the first by (feature, service); the
+    other gets its new name. New names never meet old ones (they contain ``---``, old ones no ``--``).
+    """
+
+    def __init__(self, entries: Mapping[str, Sequence[Element]]) -> None:
+        self._entries = entries
+        self._holders: dict[str, tuple[str, str]] | None = None  # old name -> its first holder, on demand
+
+    def keep(self, feature: str, elements: Sequence[Element]) -> list[Element]:
+        before = {e["service"]: e["app"] for e in self._entries.get(feature, ())}
+        result = []
+        for element in elements:
+            service = element["service"]
+            old = before.get(service)
+            if old is not None and old != element["app"] and self._may_keep(old, feature, service):
+                element = {**element, "app": old}
+            result.append(element)
+        return result
+
+    def _may_keep(self, name: str, feature: str, service: str) -> bool:
+        if name != naming.legacy_app_name(feature, service):
+            return False
+        if self._holders is None:
+            self._holders = {}
+            for other in sorted(self._entries):
+                for element in sorted(self._entries[other], key=lambda e: str(e["service"])):
+                    self._holders.setdefault(str(element["app"]), (other, str(element["service"])))
+        return self._holders.get(name) == (feature, service)
 
 
 def host(catalog: Settings, *, feature: str, service: str) -> str:
