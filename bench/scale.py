@@ -325,13 +325,22 @@ def resync_figures(ctx: Context) -> list[Figure]:
 
 
 class _OpenPullRequests:
-    """A provider client for resync that lists prepared open PRs (no network)."""
+    """A provider client for resync that lists prepared open PRs (no network); a PR it does not list
+    reads as closed (resync reads every PR it would prune on its own)."""
 
     def __init__(self, prs: list[PullRequestEvent]) -> None:
         self._prs = prs
+        self._by_number = {(pr.repo, pr.number): pr for pr in prs}
 
     def open_pull_requests(self, *, repo: str) -> list[PullRequestEvent]:
         return [pr for pr in self._prs if pr.repo == repo]
+
+    def pull_request(self, *, repo: str, number: int) -> PullRequestEvent:
+        listed = self._by_number.get((repo, number))
+        if listed is not None:
+            return listed
+        return entries_gen.event(number=number, sha=sha_of("closed", number), branch=_branch(number),
+                                 action="closed", closed=True)
 
 
 def _journal_batch(ctx: Context, events: list[PullRequestEvent]) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +29,7 @@ class FakeGitHub:
     permissions: dict[str, str] = field(default_factory=dict)  # login -> admin / write / read / ...
     calls: list[Call] = field(default_factory=list)
     fail_next: list[tuple[int, dict[str, str]]] = field(default_factory=list)  # (status, headers) to answer
+    on_list_page: Callable[[str, int], None] | None = None  # (repo, page): before a page of open PRs is answered
     _next_id: int = 1000
 
     def _id(self) -> int:
@@ -133,18 +134,24 @@ class FakeGitHub:
         if failed:
             return failed
         pull = self.pulls.get((repo, int(number)))
-        if "/pulls/" in urlparse(request.url).path and pull is not None:
-            return self._json(200, pull)
+        if "/pulls/" in urlparse(request.url).path:
+            return self._json(200, pull) if pull is not None else self._json(404, {"message": "Not Found"})
         return self._json(200, {"id": int(number), "number": int(number), "state": "open",
                                 "labels": pull["labels"] if pull else [],
                                 "url": self._url(f"/repos/{repo}/issues/{number}")})
 
     def _list_pulls(self, request: Any) -> tuple[int, dict[str, str], str]:
+        """Page-number paging as GitHub does it: each page is cut from the list *as it is now*, so a PR
+        that closes between two pages shifts the later ones. ``on_list_page(repo, page)`` runs first."""
         _, _, failed = self._record(request)
         (repo,) = self._groups(request, r"/repos/([^/]+/[^/]+)/pulls")
-        page = int(parse_qs(urlparse(request.url).query).get("page", ["1"])[0])
+        query = parse_qs(urlparse(request.url).query)
+        page = int(query.get("page", ["1"])[0])
+        per_page = min(int(query.get("per_page", ["30"])[0]), 100)
+        if self.on_list_page is not None and not failed:
+            self.on_list_page(repo, page)
         items = [p for (r, _), p in sorted(self.pulls.items()) if r == repo and p["state"] == "open"]
-        return failed or self._json(200, items if page == 1 else [])
+        return failed or self._json(200, items[(page - 1) * per_page : page * per_page])
 
     def _permission(self, request: Any) -> tuple[int, dict[str, str], str]:
         _, _, failed = self._record(request)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +39,7 @@ class FakeGitLab:
     calls: list[Call] = field(default_factory=list)
     fail_next: list[tuple[int, dict[str, str]]] = field(default_factory=list)  # (status, headers) to answer
     per_page_cap: int = 100
+    on_list_page: Callable[[str, int], None] | None = None  # (project, page): before a page of MRs
     _next_id: int = 5000
 
     @property
@@ -174,6 +175,9 @@ class FakeGitLab:
         return self._json(404, {"message": "404 Not found"})
 
     def _list_merge_requests(self, project: str, *, body: Any, query: dict[str, str], path: str) -> Reply:
+        """Offset paging: each page is cut from the list as it is now (``on_list_page(project, page)`` runs first)."""
+        if self.on_list_page is not None:
+            self.on_list_page(project, int(query.get("page", "1")))
         found = [mr for (p, _), mr in sorted(self.merge_requests.items(), reverse=True)
                  if p == project and query.get("state", mr["state"]) == mr["state"]]
         return self._page(found, query=query, path=path)

@@ -120,6 +120,7 @@ def test_resync_heals_a_missed_open_a_missed_close_and_a_stale_sha(
     # PR 8 got its webhook, then two pushes were missed
     server.send_github(pr_payload(number=8, branch="stale", sha="1" * 40), delivery="eight")
     server.wait_idle()
+    github.add_pull(pr_payload(number=7, branch="gone", state="closed")["pull_request"])
     github.add_pull(pr_payload(number=8, branch="stale", sha="2" * 40)["pull_request"])
     # PR 42's opened webhook was missed entirely; PR 43 is a draft (no preview wanted)
     github.add_pull(pr_payload(number=42, branch="login-fix")["pull_request"])

@@ -251,6 +251,43 @@ class Journal:
             self.signal(queue)
         return new
 
+    def last_seq(self) -> int:
+        """The sequence number of the newest delivery (0 when there is none): a clock for "newer than"."""
+        return int(self._query("SELECT COALESCE(MAX(seq), 0) FROM deliveries")[0][0])
+
+    def prs_newer_than(self, prs: Iterable[str], *, seq: int) -> set[str]:
+        """The PR keys among ``prs`` that have a delivery newer than ``seq``."""
+        found: set[str] = set()
+        for pr in sorted(set(prs)):
+            if self._query("SELECT 1 FROM deliveries WHERE pr = ? AND seq > ? LIMIT 1", (pr, seq)):
+                found.add(pr)
+        return found
+
+    def record_unless_newer(self, items: Sequence[Mapping[str, str]], *, seq: int, queue: str = "git") -> set[str]:
+        """:meth:`record_many`, skipping every item whose PR has a delivery newer than ``seq`` (checked and
+        recorded in one transaction, so no delivery slips in between); returns the PR keys skipped.
+
+        For resync: a listing read after ``seq`` is older than any such delivery, and must not overwrite
+        the state it reports (a PR merged while the listing was read would come back)."""
+        now = self._clock()
+        skipped: set[str] = set()
+        with self._tx() as db:
+            new = 0
+            for item in items:
+                pr = item.get("pr", "")
+                if pr and db.execute("SELECT 1 FROM deliveries WHERE pr = ? AND seq > ? LIMIT 1", (pr, seq)).fetchone():
+                    skipped.add(pr)
+                    continue
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO deliveries (delivery_id, provider, event, pr, payload, status, queue,"
+                    " received_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                    (item["delivery_id"], item["provider"], item["event"], pr, item["payload"], queue, now),
+                )
+                new += cursor.rowcount
+        if new:
+            self.signal(queue)
+        return skipped
+
     def take_batch(self, *, limit: int, queue: str = "git") -> list[Delivery]:
         """Claim the oldest pending deliveries, in arrival order (they stay pending until completed).
 

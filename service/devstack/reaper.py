@@ -7,10 +7,11 @@ injectable clock.
 * **Reap**: a stack whose expiry has passed gets an ``expire`` command naming the expiry the reaper
   saw, so a stack extended in the meantime survives. A stack within ``ttl.warn_before`` of its
   expiry has its PR comments edited once to warn (remembered per expiry in the journal).
-* **Resync**: list the open PRs of every catalog repository; journal the state of each open PR that
-  should have a preview and has none or runs another sha, and a ``closed`` state for each PR that
-  has a preview but is no longer open. A repository that cannot be listed is left alone (never
-  pruned on a failed listing). Resync events never extend a preview's expiry.
+* **Resync**: list the open PRs of every catalog repository; for each open PR that should have a
+  preview and has none or runs another sha, and each PR that has a preview but is not listed, read
+  the PR on its own and journal that state (see :class:`Resyncer`). A repository that cannot be
+  listed is left alone (never pruned on a failed listing). Resync events never extend a preview's
+  expiry.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Protocol
 from devstack.catalog import Settings
 from devstack.entries import Element
 from devstack.errors import PermanentError, TemporaryError
-from devstack.events import Command, Provider, PullRequestEvent, PullRequestState
+from devstack.events import Command, PullRequestEvent, PullRequestState
 from devstack.feedback import feedback_to_dict
 from devstack.journal import Journal
 from devstack.planner import NEVER, format_time, source_key, stack_expiry, stack_feedback, why_no_preview
@@ -119,6 +120,9 @@ class ResyncClient(Protocol):
     def open_pull_requests(self, *, repo: str) -> list[PullRequestEvent]:
         ...
 
+    def pull_request(self, *, repo: str, number: int) -> PullRequestEvent:
+        ...
+
 
 @dataclass(kw_only=True)
 class ResyncSummary:
@@ -126,7 +130,8 @@ class ResyncSummary:
     open: int = 0
     healed: list[str] = field(default_factory=list)  # PR keys journaled because open and not as planned
     pruned: list[str] = field(default_factory=list)  # PR keys journaled as closed
-    failed: list[str] = field(default_factory=list)  # repositories that could not be listed
+    failed: list[str] = field(default_factory=list)  # repositories that could not be listed, PRs not confirmed
+    newer: list[str] = field(default_factory=list)  # PR keys left alone: an event newer than the listing came
     dry_run: bool = False
 
     def format(self) -> str:
@@ -134,11 +139,25 @@ class ResyncSummary:
                  f"{len(self.pruned)} to prune, {len(self.failed)} failed{' (dry run)' if self.dry_run else ''}"]
         lines += [f"  heal   {key}" for key in self.healed]
         lines += [f"  prune  {key}" for key in self.pruned]
+        lines += [f"  newer  {key} (an event arrived while listing: left to it)" for key in self.newer]
         lines += [f"  failed {repo}" for repo in self.failed]
         return "\n".join(lines)
 
 
 class Resyncer:
+    """Heal the previews from the providers' open PRs.
+
+    A listing is only a hint: pages can shift while they are read (a PR that closes between page 1
+    and 2 hides another), and it is older than any webhook that arrives while it is read. So:
+
+    * every PR resync would change (heal or prune) is first read on its own (``GET`` the PR), and that
+      state is what is journaled; a PR that cannot be read is left alone (reported as failed);
+    * nothing is journaled for a PR that got a delivery after the pass began: the check and the
+      journaling are one transaction (:meth:`Journal.record_unless_newer`), so a merge reported while
+      resync runs is never overwritten by the older state the pass read;
+    * a repository whose listing failed or was cut short is not pruned at all.
+    """
+
     def __init__(
         self, *, settings: Settings, journal: Journal, entries: Entries, clients: Mapping[str, ResyncClient],
         clock: Callable[[], datetime] = _now,
@@ -150,6 +169,7 @@ class Resyncer:
         self._clock = clock
 
     def run_once(self, *, dry_run: bool = False) -> ResyncSummary:
+        since = self._journal.last_seq()  # before the state and the listings are read
         state = self._entries()
         now = self._clock()
         repos = sorted({(s.provider, s.repo) for s in self._settings.services.values()})
@@ -173,35 +193,70 @@ class Resyncer:
         built = {source_key(e): e for elements in state.values() for e in elements if source_key(e)}
         requesters = {k for elements in state.values() for e in elements for k in e["requestedBy"]}
         approvals = self._journal.approvals()
+
+        def stale(pr: PullRequestEvent) -> bool:
+            element = built.get(pr.key)
+            return element is None or element["source"]["sha"] != pr.head_sha
+
+        candidates = [pr.key for pr in open_prs.values() if stale(pr) and why_no_preview(pr, self._settings,
+                                                                                           approvals) is None]
+        candidates += [key for key in requesters - set(open_prs)
+                       if _is_pr_key(key) and _repo_of(key) in listed]
         stamp = format_time(now)
         events: list[PullRequestEvent] = []
-        for key, pr in sorted(open_prs.items()):
-            element = built.get(key)
-            stale = element is None or element["source"]["sha"] != pr.head_sha
-            if stale and why_no_preview(pr, self._settings, approvals) is None:
-                events.append(replace(pr, delivery_id=f"resync:{stamp}:{key}", action="resync", received_at=now))
-                summary.healed.append(key)
-        for key in sorted(requesters - set(open_prs)):
-            closed = _closed(key, built.get(key), now=now, stamp=stamp)
-            if closed is not None and (closed.provider.value, closed.repo) in listed:
-                events.append(closed)
+        for key in sorted(set(candidates)):
+            current = self._confirm(key, summary)
+            if current is None:
+                continue
+            event = replace(current, delivery_id=f"resync:{stamp}:{key}", action="resync", received_at=now)
+            if current.state is PullRequestState.OPEN:
+                if stale(current) and why_no_preview(current, self._settings, approvals) is None:
+                    events.append(event)
+                    summary.healed.append(key)
+            elif key in requesters:
+                events.append(event)
                 summary.pruned.append(key)
-        if not dry_run:
-            self._journal.record_many([{"delivery_id": e.delivery_id, "provider": e.provider.value,
-                                        "event": "pull_request", "pr": e.key, "payload": e.to_json()}
-                                       for e in events])
+        items = [{"delivery_id": e.delivery_id, "provider": e.provider.value, "event": "pull_request", "pr": e.key,
+                  "payload": e.to_json()} for e in events]
+        if dry_run:
+            newer = self._journal.prs_newer_than([e.key for e in events], seq=since)
+        else:
+            newer = self._journal.record_unless_newer(items, seq=since)
+        if newer:
+            summary.healed = [k for k in summary.healed if k not in newer]
+            summary.pruned = [k for k in summary.pruned if k not in newer]
+            summary.newer = sorted(newer)
+            logger.info("resync: left %s alone: an event arrived while listing", ", ".join(sorted(newer)))
         return summary
 
+    def _confirm(self, key: str, summary: ResyncSummary) -> PullRequestEvent | None:
+        """The current state of PR ``key``, read on its own; None (reported) when it cannot be read."""
+        provider, repo, number = _parts(key)
+        client = self._clients.get(provider)
+        if client is None:
+            return None
+        try:
+            current = client.pull_request(repo=repo, number=number)
+        except (TemporaryError, PermanentError) as exc:
+            summary.failed.append(f"{key} ({exc})")
+            logger.warning("resync: cannot read %s, left alone: %s", key, exc)
+            return None
+        if current.key != key:  # pragma: no cover - a provider answering for another PR
+            summary.failed.append(f"{key} (the provider answered for {current.key})")
+            return None
+        return current
 
-def _closed(key: str, element: Element | None, *, now: datetime, stamp: str) -> PullRequestEvent | None:
-    """The closed state of PR ``key`` (not listed as open any more), or None for non-PR requesters."""
-    if not key.startswith(("github:", "gitlab:")):
-        return None
+
+def _is_pr_key(key: str) -> bool:
+    return key.startswith(("github:", "gitlab:"))
+
+
+def _parts(key: str) -> tuple[str, str, int]:
     provider, rest = key.split(":", 1)
     repo, number = rest.rsplit("#", 1)
-    source = element["source"] if element else {}
-    return PullRequestEvent(
-        delivery_id=f"resync:{stamp}:{key}", provider=Provider(provider), action="resync", repo=repo,
-        number=int(number), url=source.get("url", ""), title="", author="", head_sha=source.get("sha", ""),
-        head_branch=source.get("branch", ""), base_branch="", state=PullRequestState.CLOSED, received_at=now,
-    )
+    return provider, repo, int(number)
+
+
+def _repo_of(key: str) -> tuple[str, str]:
+    provider, repo, _ = _parts(key)
+    return provider, repo

@@ -489,7 +489,10 @@ class GitHubClient:
         return _from_api(raw, repo=repo)
 
     def open_pull_requests(self, *, repo: str) -> list[PullRequestEvent]:
-        """Every open PR of ``repo`` (for resync)."""
+        """Every open PR of ``repo`` (for resync), or :class:`ProviderError` when the listing would be cut.
+
+        Page by page: a PR that closes while the pages are read shifts the later ones, so another open
+        PR can be missing. Resync reads every PR it would prune on its own (:meth:`pull_request`)."""
         raws: list[Mapping[str, Any]] = []
         self._repo(repo)  # validates the name
         with self._calls(f"listing open pull requests of {repo}"):
@@ -503,6 +506,8 @@ class GitHubClient:
                 raws.extend(item for item in data if isinstance(item, Mapping))
                 if len(data) < 100:
                     break
+            else:  # every page full: there may be more than this reads; a cut listing must prune nothing
+                raise ProviderError(f"listing open pull requests of {repo}: more than {_MAX_PAGES} pages")
         return [_from_api(raw, repo=repo) for raw in raws]
 
     def rate_limit_remaining(self) -> int | None:
