@@ -14,7 +14,7 @@ FULL = """
 state_dir: /var/lib/devstack
 gitops: {url: "https://git.example.com/acme/gitops.git", branch: previews, path: envs}
 domain: pr.example.com
-routing: {header: x-feature, host: "{service}-{feature}.{domain}"}
+routing: {header: x-feature, host: "{service}--{feature}.{domain}"}
 ttl: {default: 12h, max: forever, warn_before: 1h}
 trigger: label
 security: {repos: ["acme/*"], allow_forks: true}
@@ -38,7 +38,7 @@ def test_every_key_means_what_it_says(tmp_path: Path) -> None:
     assert (s.gitops.url, s.gitops.branch, s.gitops.path) == ("https://git.example.com/acme/gitops.git", "previews",
                                                               "envs")
     assert s.domain == "pr.example.com"
-    assert (s.routing.header, s.routing.host) == ("x-feature", "{service}-{feature}.{domain}")
+    assert (s.routing.header, s.routing.host) == ("x-feature", "{service}--{feature}.{domain}")
     assert s.ttl.default == timedelta(hours=12) and s.ttl.max is None and s.ttl.warn_before == timedelta(hours=1)
     assert s.trigger == "label"
     assert s.security.repos == ["acme/*"] and s.security.allow_forks
@@ -83,6 +83,7 @@ def test_embedded_defaults_need_no_file() -> None:
         ("ttl: {default: 30d, max: 14d}", "ttl", "longer than ttl.max"),
         ("trigger: sometimes", "trigger", "'all' or 'label'"),
         ("routing: {host: '{service}.{domain}'}", "routing.host", "{feature}"),
+        ("routing: {host: '{service}-{feature}.{domain}'}", "routing.host", "separated by '--' or '.'"),
         ("unknown_key: 1", "unknown_key", "unknown key"),
         ("gitops: {path: ../escape}", "gitops.path", "relative folder"),
         ("services: {Bad_Name: {repo: a/b, image: x}}", "services", "service name"),

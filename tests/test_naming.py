@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from devstack import naming
+from devstack.errors import ConfigError
 
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -183,3 +186,27 @@ def test_service_names(name: str, ok: bool) -> None:
 @pytest.mark.parametrize("filename", ["README.md", "../x.json", "sub/x.json", "Bad.json", "a--b.json", ".json"])
 def test_non_entry_files_are_not_features(filename: str) -> None:
     assert naming.feature_from_filename(filename) is None
+
+
+@pytest.mark.parametrize(
+    ("template", "ok"),
+    [("{feature}--{service}.{domain}", True), ("{service}--{feature}.{domain}", True),
+     ("{service}.{feature}.{domain}", True), ("x-{feature}-a--{service}.{domain}", True),
+     ("{feature}-{service}.{domain}", False), ("{service}-{feature}.{domain}", False),
+     ("{feature}{service}.{domain}", False), ("{feature}-x-{service}.{domain}", False),
+     ("{feature}{domain}{service}", False)],
+)
+def test_host_templates_must_be_injective(template: str, ok: bool) -> None:
+    """Defect pinned: a ``routing.host`` such as ``{feature}-{service}.{domain}`` passed the startup check
+    and gave ``foo-payments`` + ``api`` and ``foo`` + ``payments-api`` one host."""
+    assert (naming.host_template_problem(template) is None) is ok
+    if ok:  # the pairs built to collide get different hosts
+        hosts = {naming.preview_host(template=template, feature=f, service=s, domain="example.com")
+                 for f, s in (("foo-payments", "api"), ("foo", "payments-api"), ("foo-x", "service"),
+                              ("foo", "x-service"))}
+        assert len(hosts) == 4
+
+
+def test_an_ambiguous_host_template_is_refused_at_startup(make_settings: Callable[..., Any]) -> None:
+    with pytest.raises(ConfigError, match=r"routing\.host: \{feature\} and \{service\} must be separated"):
+        make_settings(routing={"host": "{feature}-{service}.{domain}"})

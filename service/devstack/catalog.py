@@ -33,7 +33,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from devstack.durations import InvalidDuration, parse_duration
 from devstack.errors import ConfigError
 from devstack.hooks.config import HooksSettings
-from devstack.naming import FEATURE_MAX, hostname_problem, service_name_problem
+from devstack.naming import FEATURE_MAX, host_template_problem, hostname_problem, service_name_problem
 
 
 def _duration(value: Any) -> Any:
@@ -99,6 +99,9 @@ class RoutingSettings(_Model):
     def _host(cls, value: str) -> str:
         if "{feature}" not in value or "{service}" not in value:
             raise ValueError("must contain {feature} and {service}")
+        ambiguous = host_template_problem(value)
+        if ambiguous:
+            raise ValueError(ambiguous)
         try:
             sample = value.format(feature="f", service="s", domain="example.com")
         except (KeyError, IndexError, ValueError):

@@ -170,6 +170,24 @@ def preview_host(*, template: str, feature: str, service: str, domain: str) -> s
     return host
 
 
+def host_template_problem(template: str) -> str | None:
+    """Why ``routing.host`` could give two (feature, service) pairs one host, or None.
+
+    Features and services contain neither ``.`` nor ``--`` and neither ends in ``-``, so when the text
+    between ``{feature}`` and ``{service}`` (in either order) holds a ``.`` or a ``--``, the first of
+    those in a host ends the first name: the template is injective. ``{feature}-{service}`` is not
+    (``foo-payments`` + ``api`` and ``foo`` + ``payments-api`` meet)."""
+    first, second = sorted(("{feature}", "{service}"), key=template.find)
+    start, end = template.find(first), template.find(second)
+    if start < 0 or end < 0:
+        return "must contain {feature} and {service}"
+    between = template[start + len(first) : end].replace("{domain}", "")
+    if "." not in between and "--" not in between:
+        return (f"{first} and {second} must be separated by '--' or '.' (e.g. {{feature}}--{{service}}), "
+                "or two previews can get one host")
+    return None
+
+
 def hostname_problem(host: str) -> str | None:
     """Why ``host`` is not a valid DNS name (RFC 1123, lowercase), or None."""
     if not host or len(host) > 253:
