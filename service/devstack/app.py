@@ -219,7 +219,7 @@ def create_app(
         runtime: Runtime = request.app.state.runtime
         summary = await run_in_threadpool(runtime.resyncer.run_once, dry_run=dry_run)
         return {"summary": summary.format(), "healed": summary.healed, "pruned": summary.pruned,
-                "failed": summary.failed}
+                "failed": summary.failed, "newer": summary.newer}
 
     @app.post("/api/redrive", dependencies=[Depends(authorized)], responses=_errors(401))
     async def redrive(request: Request) -> dict[str, int]:
