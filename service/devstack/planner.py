@@ -349,10 +349,11 @@ def _choose_feature(state: _State, event: PullRequestEvent, catalog: Settings) -
     other = _same_repo_requester(state.get(wanted), event)
     if other is None and current != own:
         return wanted, ""
-    why = (f"another open pull request of this repository ({_display_key(other)}) has the preview"
-           if other else "another pull request of this repository had the preview when this one got its own")
-    return own, (f"This pull request has its own preview stack `{own}`: {why} of feature `{wanted}`, and two "
-                 "pull requests of one repository would build the same services.")
+    why = (f"feature `{wanted}` has the preview of another open pull request of this repository "
+           f"({_display_key(other)})" if other else
+           f"feature `{wanted}` had the preview of another pull request of this repository when this one got its own")
+    return own, (f"This pull request has its own preview stack `{own}`: {why}, and two pull requests of one "
+                 "repository would build the same services.")
 
 
 def _same_repo_requester(elements: Sequence[Element], event: PullRequestEvent) -> str | None:
