@@ -111,8 +111,8 @@ def object_name(*, feature: str, service: str, suffix: str) -> str:
     """The name the chart gives a hook object: ``devstack-<feature>--<service>-<suffix>``.
 
     Unique per (feature, service) in every namespace (feature and service never contain ``--``),
-    at most 63 characters: past that, shortened and given a 6-character hash of the full name, as
-    :func:`devstack.naming.app_name` does. The chart's ``fr.hookName`` computes the same.
+    at most 63 characters: past that, shortened and given a 6-character hash of the full name. The
+    chart's ``fr.hookName`` computes the same.
     """
     name = f"devstack-{names.checked_feature(feature)}--{names.checked_service(service)}-{suffix}"
     if len(name) > _NAME_MAX:
