@@ -228,8 +228,8 @@ def test_a_host_template_is_checked_with_the_longest_names_at_startup(
     hosts past 63 characters for a 30-character feature and a long service started fine and failed
     at the first such PR. Now startup refuses it, naming the key and the worst case."""
     with pytest.raises(ConfigError, match=r"routing.host.*30-character feature and service 'atlantis-tests'"):
-        make_settings(routing={"host": "{feature}-{service}-preview-environments.{domain}"})
-    assert make_settings(routing={"host": "{feature}-{service}.{domain}"}).routing.host
+        make_settings(routing={"host": "{feature}--{service}-preview-environments.{domain}"})
+    assert make_settings(routing={"host": "{feature}--{service}.{domain}"}).routing.host
 
 
 # ----------------------------------------------------------- a git outage never dead-letters anything
