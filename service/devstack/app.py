@@ -1,7 +1,11 @@
 """The HTTP edge: ``create_app(settings)`` builds a FastAPI app; routes stay thin.
 
-Webhooks are verified (constant-time signature check) *before* the body is parsed, translated by
-the provider into shared events, made durable in the journal, and only then acknowledged (202).
+Every request body is capped (:class:`BodyLimit`: ``security.max_body_bytes`` for webhooks,
+``security.max_api_body_bytes`` for everything else), and nothing reads a body before the request is
+authenticated as far as its headers allow: the API's bearer token, GitLab's token, GitHub's signature
+header. Webhooks are verified (constant-time signature check) *before* the body is parsed, translated
+by the provider into shared events, made durable in the journal, and only then acknowledged (202).
+The signature check and the JSON parsing run in a worker thread, never on the event loop.
 Typed errors become HTTP status codes here and nowhere else.
 """
 
@@ -11,7 +15,7 @@ import hmac
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -21,31 +25,74 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from devstack import __version__, dashboard
 from devstack.catalog import Settings
 from devstack.commands import CLI_OPS, cli_command
-from devstack.errors import BadPayload, PayloadTooLarge, Unauthorized, WebhookError
-from devstack.events import CommentEvent
+from devstack.errors import BadPayload, PayloadTooLarge, ProviderOff, Unauthorized, WebhookError
+from devstack.events import CommentEvent, PullRequestEvent
 from devstack.journal import Delivery
 from devstack.log import bind
 from devstack.planner import NEVER
 from devstack.providers import Ignored, WebhookProvider, github, gitlab
-from devstack.runtime import Runtime, api_tokens, webhook_secrets
+from devstack.runtime import Runtime, api_tokens, log_webhook_providers, webhook_secrets
 
 logger = logging.getLogger(__name__)
 
-_STATUS = {Unauthorized: 401, PayloadTooLarge: 413, BadPayload: 400}
+_STATUS = {Unauthorized: 401, ProviderOff: 403, PayloadTooLarge: 413, BadPayload: 400}
 
 
 class ErrorAnswer(BaseModel):
     error: str = Field(..., description="why the request was refused")
 
 
-_REASONS = {400: "malformed request", 401: "missing or wrong signature or token", 404: "not found",
-            413: "body larger than security.max_body_bytes"}
+_REASONS = {400: "malformed request", 401: "missing or wrong signature or token",
+            403: "webhooks from this provider are off (no webhook secret configured for it)", 404: "not found",
+            413: "body larger than security.max_body_bytes (webhooks) or security.max_api_body_bytes"}
+
+
+class BodyLimit:
+    """Pure ASGI middleware: caps the request body of every route.
+
+    Nothing is read here: the cap applies when the route reads the body, so a route that
+    authenticates first (the API's bearer token, a webhook's signature header) never reads the body
+    of an unauthenticated request. Then a declared ``Content-Length`` over the limit fails at once,
+    and the bytes that arrive are counted (a chunked body, or a Content-Length that lies): past the
+    limit the read fails with 413 and the rest is never buffered.
+    """
+
+    def __init__(self, app: ASGIApp, *, limit: Callable[[str], int]) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit(scope["path"])
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        received = 0
+
+        async def capped() -> Message:
+            nonlocal received
+            if declared is not None:
+                try:
+                    too_large = int(declared) > limit
+                except ValueError:
+                    raise StarletteHTTPException(400, "invalid Content-Length header") from None
+                if too_large:
+                    raise StarletteHTTPException(413, f"body is larger than {limit} bytes")
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise StarletteHTTPException(413, f"body is larger than {limit} bytes")
+            return message
+
+        await self.app(scope, capped, send)
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -66,6 +113,7 @@ def create_app(
         runtime = runtime_factory(settings)
         app.state.runtime = runtime
         app.state.webhook_secrets = {p.name: webhook_secrets(settings, p.name) for p in webhook_providers()}
+        log_webhook_providers(settings, app.state.webhook_secrets)
         app.state.api_tokens = api_tokens(settings)
         if run_workers:
             runtime.start()
@@ -75,10 +123,19 @@ def create_app(
             runtime.close()
 
     app = FastAPI(title="devstack", version=__version__, lifespan=lifespan)
+    security = settings.security
+    app.add_middleware(BodyLimit, limit=lambda path: security.max_body_bytes if path.startswith("/webhooks/")
+                       else security.max_api_body_bytes)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        """FastAPI's own refusals (a body that is not JSON, no such route) in the API's error shape."""
+        """FastAPI's own refusals (a body that is not JSON, no such route, a body over the cap) in the
+        API's error shape."""
+        if request.url.path.startswith("/webhooks/") and exc.status_code in (400, 413):
+            provider = request.url.path.removeprefix("/webhooks/")
+            kind = PayloadTooLarge if exc.status_code == 413 else BadPayload
+            request.app.state.runtime.metrics.rejected.labels(provider, kind.__name__).inc()
+            logger.warning("webhook refused (%d): %s", exc.status_code, exc.detail)
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(WebhookError)
@@ -97,7 +154,8 @@ def create_app(
         app.add_api_route(
             f"/webhooks/{provider.name}", receive, methods=["POST"], status_code=202,
             summary=f"Receive a {provider.name} webhook delivery",
-            responses={200: {"description": "a ping, or a delivery ignored or seen before"}, **_errors(400, 401, 413)},
+            responses={200: {"description": "a ping, or a delivery ignored or seen before"},
+                       **_errors(400, 401, 403, 413)},
         )
 
     for provider in webhook_providers():
@@ -186,10 +244,22 @@ def create_app(
         ):
             raise Unauthorized("a valid API token is required: Authorization: Bearer <token>")
 
-    @app.post("/api/commands", status_code=202, dependencies=[Depends(authorized)], responses=_errors(400, 401))
-    async def commands(request: Request, body: CommandRequest) -> JSONResponse:
-        """``devstack up | down | set | restart`` against this server: journaled like a webhook."""
+    @app.post("/api/commands", status_code=202, dependencies=[Depends(authorized)],
+              responses=_errors(400, 401, 413), openapi_extra={"requestBody": {
+                  "required": True, "content": {"application/json": {"schema": CommandRequest.model_json_schema()}}}})
+    async def commands(request: Request) -> JSONResponse:
+        """``devstack up | down | set | restart`` against this server: journaled like a webhook.
+
+        The body is read only after the token is checked (a body parameter would make FastAPI read
+        and parse it first), within ``security.max_api_body_bytes``."""
         runtime: Runtime = request.app.state.runtime
+        raw = await request.body()
+        try:
+            body = CommandRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+                                 for e in exc.errors(include_url=False, include_input=False)[:5])
+            raise BadPayload(f"invalid command: {problems}"[:500]) from None
         try:
             command = cli_command(op=body.op, feature=body.feature, catalog=settings, services=body.services,
                                   env=body.env, ttl=body.ttl, actor=body.actor or "api")
@@ -246,20 +316,22 @@ def webhook_providers() -> list[WebhookProvider]:
 
 
 async def _receive(request: Request, *, provider: WebhookProvider, settings: Settings) -> JSONResponse:
-    """One delivery: cap the body, verify it, identify it, parse it, journal it, answer."""
+    """One delivery: check its headers, read the body (capped), verify, identify, parse, journal, answer."""
     runtime: Runtime = request.app.state.runtime
     journal = runtime.journal
+    secrets = request.app.state.webhook_secrets[provider.name]
+    if not secrets:
+        raise ProviderOff(f"webhooks from {provider.name} are off: providers.{provider.name}.webhook_secrets "
+                          "is not configured")
+    provider.precheck(headers=request.headers, secrets=secrets)  # before a byte of the body is read
     body = await _read_body(request, limit=settings.security.max_body_bytes)
-    provider.verify(headers=request.headers, body=body, secrets=request.app.state.webhook_secrets[provider.name])
-    event_name, delivery_id = provider.identify(headers=request.headers, body=body)
+    # The signature check and JSON parsing cost milliseconds per MB: in a worker thread, off the loop.
+    event_name, delivery_id, result = await run_in_threadpool(
+        _verified, provider, headers=request.headers, body=body, secrets=secrets, received_at=datetime.now(UTC))
     with bind(delivery=delivery_id, provider=provider.name):
-        if provider.is_ping(event_name):
+        if result is None:
             runtime.metrics.deliveries.labels(provider.name, "ping").inc()
             return JSONResponse({"status": "pong", "delivery": delivery_id}, status_code=200)
-        payload = _json(body, content_type=request.headers.get("content-type", ""))
-        result = provider.parse(
-            event=event_name, delivery_id=delivery_id, payload=payload, received_at=datetime.now(UTC)
-        )
         if isinstance(result, Ignored):
             await run_in_threadpool(
                 journal.record, delivery_id=delivery_id, provider=provider.name, event=event_name,
@@ -309,6 +381,20 @@ async def _read_body(request: Request, *, limit: int) -> bytes:
             raise PayloadTooLarge(f"body is larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _verified(
+    provider: WebhookProvider, *, headers: Mapping[str, str], body: bytes, secrets: Sequence[SecretStr],
+    received_at: datetime,
+) -> tuple[str, str, PullRequestEvent | CommentEvent | Ignored | None]:
+    """Verify, identify and translate a delivery (None: a ping). Runs in a worker thread."""
+    provider.verify(headers=headers, body=body, secrets=secrets)
+    event_name, delivery_id = provider.identify(headers=headers, body=body)
+    if provider.is_ping(event_name):
+        return event_name, delivery_id, None
+    payload = _json(body, content_type=headers.get("content-type", ""))
+    return event_name, delivery_id, provider.parse(
+        event=event_name, delivery_id=delivery_id, payload=payload, received_at=received_at)
 
 
 def _json(body: bytes, *, content_type: str) -> Any:

@@ -130,7 +130,10 @@ class SecuritySettings(_Model):
         description="allowlist of repos (glob patterns); empty: the repos named in the catalog",
     )
     allow_forks: bool = False
-    max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="the largest webhook body accepted")
+    max_api_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="the largest body of any other request (the API, the dashboard)",
+    )
     api_tokens: list[SecretStr] = Field(
         default_factory=list,
         description="bearer tokens for the mutating API (CLI against a server); none: one is generated in state_dir",

@@ -145,10 +145,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from devstack.app import create_app
-    from devstack.runtime import ensure_webhook_secret
+    from devstack.runtime import ensure_webhook_secret, local_mode
 
     settings = load_settings(args.config)
-    if not settings.providers.github.webhook_secrets or not settings.providers.gitlab.webhook_secrets:
+    if local_mode(settings):  # never in a cluster: a generated secret is never printed to a Pod's log
         secret, created = ensure_webhook_secret(settings.state_dir)
         where = settings.state_dir / "webhook-secret"
         if created:

@@ -41,6 +41,10 @@ class Unauthorized(WebhookError):
     """Missing or wrong signature / token."""
 
 
+class ProviderOff(WebhookError):
+    """Webhooks from this provider are off: no webhook secret is configured for it."""
+
+
 class PayloadTooLarge(WebhookError):
     """The body is larger than ``security.max_body_bytes``."""
 

@@ -62,15 +62,51 @@ def _generated(path: Path) -> tuple[SecretStr, bool]:
     return SecretStr(value), True
 
 
-def webhook_secrets(settings: Settings, provider: str) -> list[SecretStr]:
-    """The configured secrets of ``provider``; with none configured, the generated local secret."""
+def in_cluster() -> bool:
+    """Running in a Kubernetes Pod (the kubelet sets ``KUBERNETES_SERVICE_HOST`` in every container)."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+def configured_webhook_secrets(settings: Settings, provider: str) -> list[SecretStr]:
     configured = {
         "github": settings.providers.github.webhook_secrets,
         "gitlab": settings.providers.gitlab.webhook_secrets,
     }[provider]
+    return [secret for secret in configured if secret.get_secret_value()]
+
+
+def local_mode(settings: Settings) -> bool:
+    """The zero-config local mode: no webhook secret configured for any provider, outside a cluster.
+
+    Only then do the providers accept the secret generated in ``state_dir``. Otherwise (one provider
+    configured, or running in a Pod) a provider without a configured secret is off: its webhooks
+    are refused.
+    """
+    return not in_cluster() and not any(configured_webhook_secrets(settings, p) for p in ("github", "gitlab"))
+
+
+def webhook_secrets(settings: Settings, provider: str) -> list[SecretStr]:
+    """The secrets ``provider``'s webhooks are checked against: the configured ones; in the local
+    mode the generated one; else none (the provider is off)."""
+    configured = configured_webhook_secrets(settings, provider)
     if configured:
-        return list(configured)
-    return [ensure_webhook_secret(settings.state_dir)[0]]
+        return configured
+    if local_mode(settings):
+        return [ensure_webhook_secret(settings.state_dir)[0]]
+    return []
+
+
+def log_webhook_providers(settings: Settings, secrets: dict[str, list[SecretStr]]) -> None:
+    """One line per provider at startup: on (with how many secrets), on with the generated secret, or off."""
+    for provider, values in secrets.items():
+        if not values:
+            logger.warning("webhooks from %s are OFF: providers.%s.webhook_secrets is not configured; every %s"
+                           " delivery is refused (403)", provider, provider, provider)
+        elif configured_webhook_secrets(settings, provider):
+            logger.info("webhooks from %s: on (%d secret(s) configured)", provider, len(values))
+        else:
+            logger.info("webhooks from %s: on with the generated secret in %s (local mode: no webhook secret"
+                        " configured for any provider)", provider, settings.state_dir / SECRET_FILE)
 
 
 def provider_clients(settings: Settings) -> dict[str, ProviderClient]:

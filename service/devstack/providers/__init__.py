@@ -4,7 +4,8 @@ Providers only translate: verify a webhook, turn its payload into the shared
 :mod:`devstack.events` models, and make the API calls that send feedback. No planning here.
 
 Each provider module offers a :class:`WebhookProvider`; ``app.py`` serves every one of them through
-the same route handler (body cap, verify before parsing, journal, 202).
+the same route handler (precheck the headers, cap and read the body, verify it before parsing,
+journal, 202).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ class WebhookProvider(Protocol):
     """What the HTTP edge needs from a provider to accept its webhooks."""
 
     name: str  # "github" | "gitlab": also the route, /webhooks/<name>
+
+    def precheck(self, *, headers: Mapping[str, str], secrets: Sequence[SecretStr]) -> None:
+        """What can be checked before the body is read (a secret is configured, the signature or token
+        header); raise :class:`~devstack.errors.Unauthorized` so an unauthenticated body is never read."""
 
     def verify(self, *, headers: Mapping[str, str], body: bytes, secrets: Sequence[SecretStr]) -> None:
         """Raise :class:`~devstack.errors.Unauthorized` unless the delivery is authentic (constant time)."""

@@ -86,22 +86,32 @@ def verify_signature(*, body: bytes, signature: str | None, secrets: Sequence[Se
     comparison. Raises :class:`Unauthorized` when the header is missing, malformed or wrong, or when
     no (non-empty) secret is configured. Messages never contain a secret or a digest.
     """
-    keys = [secret.get_secret_value().encode() for secret in secrets]
-    keys = [key for key in keys if key]  # an empty key is a signature anybody can compute
-    if not keys:
-        raise Unauthorized("no GitHub webhook secret is configured")
-    if not signature:
-        raise Unauthorized(f"missing {SIGNATURE_HEADER} header")
-    match = _SIGNATURE.fullmatch(signature.strip())
-    if match is None:
-        raise Unauthorized(f"malformed {SIGNATURE_HEADER} header: expected 'sha256=<64 hex digits>'")
-    given = bytes.fromhex(match.group(1))
+    keys = _keys(secrets)
+    given = signature_digest(signature)
     matched = False
     for key in keys:  # no early exit: the time taken does not tell which secret matched
         expected = hmac.new(key, body, hashlib.sha256).digest()
         matched |= hmac.compare_digest(expected, given)
     if not matched:
         raise Unauthorized(f"{SIGNATURE_HEADER} does not match the body for any configured secret")
+
+
+def _keys(secrets: Sequence[SecretStr]) -> list[bytes]:
+    keys = [secret.get_secret_value().encode() for secret in secrets]
+    keys = [key for key in keys if key]  # an empty key is a signature anybody can compute
+    if not keys:
+        raise Unauthorized("no GitHub webhook secret is configured")
+    return keys
+
+
+def signature_digest(signature: str | None) -> bytes:
+    """The digest ``X-Hub-Signature-256`` states; :class:`Unauthorized` when it is missing or malformed."""
+    if not signature:
+        raise Unauthorized(f"missing {SIGNATURE_HEADER} header")
+    match = _SIGNATURE.fullmatch(signature.strip())
+    if match is None:
+        raise Unauthorized(f"malformed {SIGNATURE_HEADER} header: expected 'sha256=<64 hex digits>'")
+    return bytes.fromhex(match.group(1))
 
 
 COMMENT_ACTIONS = frozenset({"created", "edited", "deleted"})
@@ -268,6 +278,11 @@ class GitHubWebhook:
     """The GitHub side of the webhook route (``POST /webhooks/github``)."""
 
     name = "github"
+
+    def precheck(self, *, headers: Mapping[str, str], secrets: Sequence[SecretStr]) -> None:
+        """Before the body is read: a secret is configured and the signature header is well-formed."""
+        _keys(secrets)
+        signature_digest(headers.get(SIGNATURE_HEADER))
 
     def verify(self, *, headers: Mapping[str, str], body: bytes, secrets: Sequence[SecretStr]) -> None:
         verify_signature(body=body, signature=headers.get(SIGNATURE_HEADER), secrets=secrets)

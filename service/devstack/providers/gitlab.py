@@ -443,6 +443,10 @@ class GitLabWebhook:
 
     name = "gitlab"
 
+    def precheck(self, *, headers: Mapping[str, str], secrets: Sequence[SecretStr]) -> None:
+        """GitLab authenticates with a header alone: the whole check, before the body is read."""
+        verify_token(token=_header(headers, TOKEN_HEADER), secrets=secrets)
+
     def verify(self, *, headers: Mapping[str, str], body: bytes, secrets: Sequence[SecretStr]) -> None:
         verify_token(token=_header(headers, TOKEN_HEADER), secrets=secrets)
 
