@@ -41,6 +41,15 @@ def _git_identity(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(f"GIT_{role}_EMAIL", "tests@devstack.invalid")
 
 
+@pytest.fixture(autouse=True)
+def _forget_registered_secrets() -> Iterator[None]:
+    """The scrubber's registry is process-wide: each test starts without the secrets of the last."""
+    from devstack import redact
+
+    yield
+    redact.forget_all()
+
+
 @pytest.fixture
 def shared_dir() -> Path:
     if not (SHARED / "fixtures").is_dir():

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
 
 from devstack.catalog import load_settings
-from devstack.errors import ConfigError
+from devstack.errors import ConfigError, ProviderRejected
 from devstack.providers.github import GitHubApp, GitHubClient
 from devstack.runtime import provider_clients
 
@@ -83,3 +83,26 @@ def test_settings_accept_an_app_and_refuse_half_of_one(tmp_path: Path, key: rsa.
 def test_a_client_needs_a_token_or_an_app() -> None:
     with pytest.raises(ConfigError, match="set a token, or a GitHub App"):
         GitHubClient(api_url=API)
+
+
+@responses.activate
+def test_a_minted_installation_token_never_appears_in_an_error(key: rsa.RSAPrivateKey) -> None:
+    """Defect (issue 13.5): GitHub App installation tokens were not masked in error messages (PATs
+    and git URL passwords were). Each token is registered with the scrubber as it is minted."""
+    minted = "ghs_minted_installation_token_0123456789"
+
+    def comments(request: Any) -> tuple[int, dict[str, str], str]:
+        echoed = request.headers["Authorization"].removeprefix("token ")
+        return 404, {}, json.dumps({"message": f"Not Found for token {echoed}"})
+
+    host = re.escape("https://ghe.example.com") + r"(:443)?/api/v3"
+    responses.add(responses.POST, re.compile(host + r"/app/installations/77/access_tokens"), status=201,
+                  json={"token": minted, "expires_at": "2099-01-01T00:00:00Z"})
+    responses.add_callback(responses.GET, re.compile(host + r"/repos/acme/payments/issues/42/comments.*"),
+                           callback=comments)
+    client = GitHubClient(api_url=API, app=GitHubApp(app_id=1234, private_key=SecretStr(pem(key)),
+                                                       installation_id=77), seconds_between_writes=0)
+    with pytest.raises(ProviderRejected) as info:
+        client.upsert_comment(repo="acme/payments", number=42, body=f"{MARKER}\nhi", marker=MARKER)
+    assert minted not in str(info.value)
+    assert "Not Found for token ***" in str(info.value)

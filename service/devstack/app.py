@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from devstack import __version__, dashboard
+from devstack import __version__, dashboard, redact
 from devstack.catalog import Settings
 from devstack.commands import CLI_OPS, cli_command
 from devstack.errors import BadPayload, PayloadTooLarge, ProviderOff, Unauthorized, WebhookError
@@ -115,6 +115,7 @@ def create_app(
         app.state.webhook_secrets = {p.name: webhook_secrets(settings, p.name) for p in webhook_providers()}
         log_webhook_providers(settings, app.state.webhook_secrets)
         app.state.api_tokens = api_tokens(settings)
+        redact.register(*app.state.api_tokens, *(s for values in app.state.webhook_secrets.values() for s in values))
         if run_workers:
             runtime.start()
         try:

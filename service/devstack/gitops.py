@@ -80,6 +80,7 @@ from typing import Any
 
 import git
 
+from devstack import redact
 from devstack.errors import ConfigError, GitError, InvalidEntry, PushRejected
 from devstack.naming import feature_from_filename, is_feature_name
 
@@ -141,8 +142,9 @@ know what you are doing: an invalid entry stops every preview from reconciling.
 
 
 def mask_url(text: str) -> str:
-    """``text`` with the userinfo of every URL replaced (``https://***@host/...``)."""
-    return _URL_USERINFO.sub(r"\1***@", text)
+    """``text`` with the userinfo of every URL replaced (``https://***@host/...``), and every secret
+    devstack holds scrubbed (:mod:`devstack.redact`)."""
+    return redact.scrub(_URL_USERINFO.sub(r"\1***@", text))
 
 
 def _blob_id(data: bytes) -> bytes:
@@ -205,6 +207,7 @@ class GitStore:
         if max_attempts < 1:
             raise ConfigError("gitops max_attempts must be at least 1")
         self._url = url
+        redact.register_url(url)
         self._branch = branch
         self._path = "" if str(clean) == "." else str(clean)
         self._workdir = Path(workdir).absolute()

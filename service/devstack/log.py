@@ -2,7 +2,9 @@
 
 ``with bind(delivery="…", repo="…", pr="42"):`` puts those fields in a context variable; a filter
 copies them onto every record emitted inside, from any module. ``--log-format json`` prints one JSON
-object per line; the text format appends the bound fields as ``key=value``.
+object per line; the text format appends the bound fields as ``key=value``. Both formats pass every
+line through :func:`devstack.redact.scrub`: no registered secret reaches a log line, from any logger
+(uvicorn's, PyGithub's and git's included), in the message or in a traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from devstack import redact
 
 FIELDS = ("delivery", "provider", "repo", "pr", "feature", "batch")
 _context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("devstack_log_context", default=None)
@@ -42,7 +46,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         extra = " ".join(f"{k}={getattr(record, k)}" for k in FIELDS if hasattr(record, k))
-        return f"{text} [{extra}]" if extra else text
+        return redact.scrub(f"{text} [{extra}]" if extra else text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -51,11 +55,11 @@ class JsonFormatter(logging.Formatter):
             "time": self.formatTime(record),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact.scrub(record.getMessage()),
         }
-        data.update({k: getattr(record, k) for k in FIELDS if hasattr(record, k)})
+        data.update({k: redact.scrub(str(getattr(record, k))) for k in FIELDS if hasattr(record, k)})
         if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
+            data["exception"] = redact.scrub(self.formatException(record.exc_info))
         return json.dumps(data, ensure_ascii=False)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from devstack import cluster
+from devstack import cluster, redact
 from devstack.catalog import Settings
 from devstack.commands import CommandRunner
 from devstack.errors import DevstackError
@@ -109,6 +109,14 @@ def log_webhook_providers(settings: Settings, secrets: dict[str, list[SecretStr]
                         " configured for any provider)", provider, settings.state_dir / SECRET_FILE)
 
 
+def register_secrets(settings: Settings) -> None:
+    """Hand every secret of the configuration to :mod:`devstack.redact` (the one scrubber)."""
+    github, gitlab = settings.providers.github, settings.providers.gitlab
+    redact.register(github.token, github.private_key, gitlab.token, *github.webhook_secrets, *gitlab.webhook_secrets,
+                    *settings.security.api_tokens)
+    redact.register_url(settings.gitops.url)
+
+
 def provider_clients(settings: Settings) -> dict[str, ProviderClient]:
     """An API client per provider that has a token; without one, feedback is recorded locally."""
     clients: dict[str, ProviderClient] = {}
@@ -177,6 +185,7 @@ class Runtime:
     def build(cls, settings: Settings, *, clients: dict[str, ProviderClient] | None = None,
               clone_path: Path | None = None, kube_api: Any = None) -> Runtime:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
+        register_secrets(settings)
         clients = provider_clients(settings) if clients is None else clients
         journal = Journal(settings.journal_path, lease=settings.worker.claim_lease)
         store = open_store(settings, workdir=clone_path)

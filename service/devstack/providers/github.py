@@ -24,12 +24,12 @@ import requests
 from github import Auth, Github, GithubException
 from github.Requester import Requester
 
+from devstack import redact
 from devstack.errors import BadPayload, ConfigError, ProviderError, ProviderRejected, Unauthorized
 from devstack.events import CommentEvent, Provider, PullRequestEvent, PullRequestState
 from devstack.providers import Ignored
 from devstack.providers.http import epoch as _epoch
 from devstack.providers.http import retry_after as _retry_after
-from devstack.providers.http import scrub as _scrub
 from devstack.providers.payload import branch as _branch
 from devstack.providers.payload import field as _field
 from devstack.providers.payload import object_at as _object
@@ -320,6 +320,16 @@ class GitHubApp:
     installation_id: int
 
 
+class _InstallationAuth(Auth.AppInstallationAuth):
+    """PyGithub's installation auth, registering each installation token with :mod:`devstack.redact`
+    as it is minted (they are renewed every hour), so no error message or log line can carry one."""
+
+    def _get_installation_authorization(self) -> Any:
+        authorization = super()._get_installation_authorization()
+        redact.register(authorization.token)
+        return authorization
+
+
 class GitHubClient:
     """Feedback calls through PyGithub against ``api_url`` (GitHub Enterprise: ``https://host/api/v3``).
 
@@ -346,13 +356,11 @@ class GitHubClient:
         if app is not None:
             # A GitHub App: a JWT signed with the private key buys installation tokens, which PyGithub
             # renews before they expire (an hour).
-            auth = Auth.AppAuth(app.app_id, app.private_key.get_secret_value()).get_installation_auth(
-                app.installation_id
-            )
-            self._token = SecretStr("")
+            auth = _InstallationAuth(Auth.AppAuth(app.app_id, app.private_key.get_secret_value()),
+                                     app.installation_id)
         elif token is not None and token.get_secret_value():
             auth = Auth.Token(token.get_secret_value())
-            self._token = token
+            redact.register(token)
         else:
             raise ConfigError("providers.github: set a token, or a GitHub App (app_id, private_key, installation_id)")
         self._login: str | None = None
@@ -543,9 +551,9 @@ class GitHubClient:
         try:
             yield
         except GithubException as exc:
-            raise _translate(exc, what=what, token=self._token.get_secret_value(), now=time.time()) from exc
+            raise _translate(exc, what=what, now=time.time()) from exc
         except requests.RequestException as exc:
-            detail = _scrub(str(exc), self._token.get_secret_value())
+            detail = redact.scrub(str(exc))
             raise ProviderError(f"GitHub {what}: {type(exc).__name__}: {detail}") from exc
 
 
@@ -560,12 +568,10 @@ def _from_api(raw: Mapping[str, Any], *, repo: str) -> PullRequestEvent:
     return result
 
 
-def _translate(
-    exc: GithubException, *, what: str, token: str, now: float
-) -> ProviderError | ProviderRejected:
+def _translate(exc: GithubException, *, what: str, now: float) -> ProviderError | ProviderRejected:
     status = exc.status
     headers = {str(key).lower(): str(value) for key, value in (exc.headers or {}).items()}
-    message = _scrub(_error_message(exc.data), token)
+    message = redact.scrub(_error_message(exc.data))
     text = f"GitHub {what}: HTTP {status}" + (f": {message}" if message else "")
     retry_after = _retry_after(headers.get("retry-after"), now=now)
     if status >= 500:

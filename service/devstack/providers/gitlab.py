@@ -41,12 +41,12 @@ import gitlab
 import gitlab.exceptions
 import requests
 
+from devstack import redact
 from devstack.errors import BadPayload, ConfigError, ProviderError, ProviderRejected, Unauthorized
 from devstack.events import CommentEvent, Provider, PullRequestEvent, PullRequestState
 from devstack.providers import Ignored
 from devstack.providers.http import epoch as _epoch
 from devstack.providers.http import retry_after as _retry_after
-from devstack.providers.http import scrub as _scrub
 from devstack.providers.payload import branch as _branch
 from devstack.providers.payload import field as _field
 from devstack.providers.payload import object_at as _object
@@ -498,7 +498,7 @@ class GitLabClient:
             raise ConfigError("providers.gitlab.url: not an http(s) URL")
         if not token.get_secret_value():
             raise ConfigError("providers.gitlab.token: empty")
-        self._token = token
+        redact.register(token)
         self._local = threading.local()  # the headers of the last failed response, per thread
         self._rate_limit_remaining: int | None = None
         self._username: str | None = None
@@ -723,7 +723,6 @@ class GitLabClient:
     def _calls(self, what: str) -> Iterator[None]:
         """Translate python-gitlab and network failures into devstack's temporary/permanent errors."""
         self._local.headers = {}
-        token = self._token.get_secret_value()
         try:
             yield
         except gitlab.exceptions.RedirectError as exc:
@@ -732,9 +731,9 @@ class GitLabClient:
             ) from exc
         except gitlab.exceptions.GitlabError as exc:
             headers: dict[str, str] = getattr(self._local, "headers", {})
-            raise _translate(exc, what=what, token=token, headers=headers, now=time.time()) from exc
+            raise _translate(exc, what=what, headers=headers, now=time.time()) from exc
         except requests.RequestException as exc:
-            detail = _scrub(str(exc), token)[:300]
+            detail = redact.scrub(str(exc))[:300]
             raise ProviderError(f"GitLab {what}: {type(exc).__name__}: {detail}") from exc
 
 
@@ -771,10 +770,10 @@ def _api_label(label: object) -> str:
 
 
 def _translate(
-    exc: gitlab.exceptions.GitlabError, *, what: str, token: str, headers: Mapping[str, str], now: float
+    exc: gitlab.exceptions.GitlabError, *, what: str, headers: Mapping[str, str], now: float
 ) -> ProviderError | ProviderRejected:
     status = exc.response_code
-    message = _scrub(str(exc.error_message)[:300], token)
+    message = redact.scrub(str(exc.error_message))[:300]
     if status is None:  # e.g. a 2xx answer that is not JSON: a proxy in the way, probably passing
         return ProviderError(f"GitLab {what}: {type(exc).__name__}: {message}")
     text = f"GitLab {what}: HTTP {status}" + (f": {message}" if message else "")

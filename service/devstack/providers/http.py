@@ -1,4 +1,7 @@
-"""What providers' HTTP answers say about retrying, shared by the GitHub and GitLab clients."""
+"""What providers' HTTP answers say about retrying, shared by the GitHub and GitLab clients.
+
+(Tokens are scrubbed from their errors by :mod:`devstack.redact`, the one scrubber for every secret.)
+"""
 
 from __future__ import annotations
 
@@ -26,8 +29,3 @@ def epoch(value: str | None) -> float | None:
     if value is None or not value.strip().isdigit():
         return None
     return float(value.strip())
-
-
-def scrub(text: str, token: str) -> str:
-    """``text`` without the token (error messages must never carry it)."""
-    return text.replace(token, "***") if token else text
