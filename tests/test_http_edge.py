@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from devstack import decode
 from devstack.catalog import Settings
 from devstack.providers import github as github_provider
 from tests.conftest import GITLAB_SECRET, RunningServer, pr_payload, sign
@@ -166,8 +167,8 @@ def test_signature_check_and_json_parsing_run_in_a_worker_thread(
 ) -> None:
     """The two costly steps of a delivery run off the event loop's thread (issue 13.6)."""
     threads: list[str] = []
-    module = github_provider if heavy == "verify" else __import__("devstack.app", fromlist=["_json"])
-    name = "verify_signature" if heavy == "verify" else "_json"
+    module = github_provider if heavy == "verify" else decode
+    name = "verify_signature" if heavy == "verify" else "parse_json"
     original = getattr(module, name)
 
     def recording(*args: Any, **kwargs: Any) -> Any:
@@ -178,6 +179,58 @@ def test_signature_check_and_json_parsing_run_in_a_worker_thread(
     assert server.send_github(pr_payload(), delivery="t").status_code == 202
     loop_thread = server.thread.name
     assert threads and all(t != loop_thread for t in threads), (threads, loop_thread)
+
+
+def test_a_large_body_is_decoded_in_a_child_process_and_the_loop_stays_free(
+    make_settings: Callable[..., Settings], serve: Callable[..., RunningServer],
+) -> None:
+    """Defect (issue 13.6): ``json.loads`` holds the GIL, so a multi-MB body parsed even in a worker
+    thread stopped every other request for as long as the parse took. A body over
+    ``decode.PROCESS_THRESHOLD`` is decoded and translated in a child process: measured on the real
+    server, neither /healthz nor any thread of the server's process waits more than a third of what
+    that parse takes here (with the parse in a thread, both waited for all of it)."""
+    big = make_settings(security={"max_body_bytes": 32 * MiB})
+    server = serve(big, run_workers=False)
+    payload = pr_payload()
+    payload["pull_request"]["dense"] = [[1, 2.5, None, True]] * (MiB // 2)  # ~9 MiB of tiny JSON values
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    started = time.monotonic()
+    json.loads(body)
+    parse_cost = time.monotonic() - started  # what the event loop would lose to it in this process
+    server.send_github(pr_payload(), delivery="warm-up")  # small: decoded in the server itself
+    decoded_in_child = threading.Event()
+    answers: list[int] = []
+
+    def send() -> None:
+        answers.append(server.send_github(body, delivery="big").status_code)
+        decoded_in_child.set()
+
+    lag: list[float] = []
+
+    def watch_the_gil() -> None:
+        """How long a thread of this process (the event loop's, or this one) waits to run again."""
+        while not decoded_in_child.is_set():
+            started = time.monotonic()
+            time.sleep(0.002)
+            lag.append(time.monotonic() - started)
+
+    sender = threading.Thread(target=send)
+    watcher = threading.Thread(target=watch_the_gil)
+    sender.start()
+    watcher.start()
+    slowest = 0.0
+    while not decoded_in_child.is_set():
+        started = time.monotonic()
+        assert httpx.get(server.url + "/healthz", timeout=30).status_code == 200
+        slowest = max(slowest, time.monotonic() - started)
+        time.sleep(0.005)
+    sender.join(60)
+    watcher.join(10)
+    assert answers == [202]
+    assert server.runtime.journal.get("big").status == "pending"  # translated, journaled as usual
+    bound = max(0.2, parse_cost / 3)
+    assert max(lag) < bound, f"the server's threads stalled {max(lag):.3f}s; the parse costs {parse_cost:.3f}s"
+    assert slowest < bound, f"/healthz waited {slowest:.3f}s; the parse costs {parse_cost:.3f}s"
 
 
 # --- a provider without configured secrets is off (issue 13.3) -------------------------------------

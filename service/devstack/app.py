@@ -12,7 +12,6 @@ Typed errors become HTTP status codes here and nowhere else.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -32,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from devstack import __version__, dashboard, redact
 from devstack.catalog import Settings
 from devstack.commands import CLI_OPS, cli_command
+from devstack.decode import Decoder
 from devstack.errors import BadPayload, PayloadTooLarge, ProviderOff, Unauthorized, WebhookError
 from devstack.events import CommentEvent, PullRequestEvent
 from devstack.journal import Delivery
@@ -116,12 +116,14 @@ def create_app(
         log_webhook_providers(settings, app.state.webhook_secrets)
         app.state.api_tokens = api_tokens(settings)
         redact.register(*app.state.api_tokens, *(s for values in app.state.webhook_secrets.values() for s in values))
+        app.state.decoder = Decoder()
         if run_workers:
             runtime.start()
         try:
             yield
         finally:
             runtime.close()
+            app.state.decoder.close()
 
     app = FastAPI(title="devstack", version=__version__, lifespan=lifespan)
     security = settings.security
@@ -326,9 +328,11 @@ async def _receive(request: Request, *, provider: WebhookProvider, settings: Set
                           "is not configured")
     provider.precheck(headers=request.headers, secrets=secrets)  # before a byte of the body is read
     body = await _read_body(request, limit=settings.security.max_body_bytes)
-    # The signature check and JSON parsing cost milliseconds per MB: in a worker thread, off the loop.
+    # The signature check and JSON parsing cost milliseconds per MB: in a worker thread, off the loop
+    # (and a large body's JSON in a child process: json.loads holds the GIL, see devstack.decode).
     event_name, delivery_id, result = await run_in_threadpool(
-        _verified, provider, headers=request.headers, body=body, secrets=secrets, received_at=datetime.now(UTC))
+        _verified, provider, decoder=request.app.state.decoder, headers=request.headers, body=body, secrets=secrets,
+        received_at=datetime.now(UTC))
     with bind(delivery=delivery_id, provider=provider.name):
         if result is None:
             runtime.metrics.deliveries.labels(provider.name, "ping").inc()
@@ -385,26 +389,17 @@ async def _read_body(request: Request, *, limit: int) -> bytes:
 
 
 def _verified(
-    provider: WebhookProvider, *, headers: Mapping[str, str], body: bytes, secrets: Sequence[SecretStr],
-    received_at: datetime,
+    provider: WebhookProvider, *, decoder: Decoder, headers: Mapping[str, str], body: bytes,
+    secrets: Sequence[SecretStr], received_at: datetime,
 ) -> tuple[str, str, PullRequestEvent | CommentEvent | Ignored | None]:
     """Verify, identify and translate a delivery (None: a ping). Runs in a worker thread."""
     provider.verify(headers=headers, body=body, secrets=secrets)
     event_name, delivery_id = provider.identify(headers=headers, body=body)
     if provider.is_ping(event_name):
         return event_name, delivery_id, None
-    payload = _json(body, content_type=headers.get("content-type", ""))
-    return event_name, delivery_id, provider.parse(
-        event=event_name, delivery_id=delivery_id, payload=payload, received_at=received_at)
-
-
-def _json(body: bytes, *, content_type: str) -> Any:
-    if "application/x-www-form-urlencoded" in content_type:
-        raise BadPayload("webhook content type must be application/json")
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise BadPayload(f"body is not valid JSON: {str(exc)[:200]}") from None
+    return event_name, delivery_id, decoder.decode(
+        provider=provider.name, event=event_name, delivery_id=delivery_id, body=body,
+        content_type=headers.get("content-type", ""), received_at=received_at)
 
 
 def _delivery_view(row: Delivery) -> dict[str, Any]:
