@@ -5,7 +5,8 @@ Every request body is capped (:class:`BodyLimit`: ``security.max_body_bytes`` fo
 authenticated as far as its headers allow: the API's bearer token, GitLab's token, GitHub's signature
 header. Webhooks are verified (constant-time signature check) *before* the body is parsed, translated
 by the provider into shared events, made durable in the journal, and only then acknowledged (202).
-The signature check and the JSON parsing run in a worker thread, never on the event loop.
+The signature check and the JSON parsing run in a worker thread, never on the event loop (a body
+over 256 KiB is parsed in a child process: :mod:`devstack.decode`).
 Typed errors become HTTP status codes here and nowhere else.
 """
 
