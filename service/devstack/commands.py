@@ -157,15 +157,17 @@ class CommandRunner:
         """
         batch = self._journal.take_in_order_per_pr(limit=limit, queue="comments")
         held: set[str] = set()
-        handled = 0
+        skipped: list[int] = []
         for delivery in batch:
             if delivery.pr in held:
+                skipped.append(delivery.seq)
                 continue
-            handled += 1
             with bind(delivery=delivery.delivery_id, pr=delivery.pr):
                 if not self._handle(delivery):
                     held.add(delivery.pr)
-        return handled
+        if skipped:
+            self._journal.release(skipped)  # taken again once the command before them is done
+        return len(batch) - len(skipped)
 
     def _handle(self, delivery: Delivery) -> bool:
         """Apply one comment; False when it is to be retried (what follows it on its PR must wait)."""

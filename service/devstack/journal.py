@@ -339,15 +339,30 @@ class Journal:
 
         A delivery waiting for its retry holds back every later delivery of the same PR (so the
         commands of a PR apply in the order they were written, also across retries), and nothing of
-        the other PRs.
+        the other PRs. The rows taken are claimed as :meth:`take_batch` claims them; a row another
+        live process claimed holds back the rest of its PR the same way.
         """
-        rows = self._query(
-            "SELECT * FROM deliveries d WHERE d.status = 'pending' AND d.queue = ? AND NOT EXISTS ("
-            " SELECT 1 FROM deliveries w WHERE w.status = 'pending' AND w.queue = d.queue AND w.pr = d.pr"
-            " AND w.seq <= d.seq AND w.next_attempt_at > ?) ORDER BY d.seq LIMIT ?",
-            (queue, self._clock(), limit),
-        )
-        return [_delivery(row) for row in rows]
+        sql = ("SELECT * FROM deliveries d WHERE d.status = 'pending' AND d.queue = ? AND NOT EXISTS ("
+               " SELECT 1 FROM deliveries w WHERE w.status = 'pending' AND w.queue = d.queue AND w.pr = d.pr"
+               " AND w.seq <= d.seq AND w.next_attempt_at > ?) ORDER BY d.seq LIMIT ?")
+        now = self._clock()
+        if not self._query(sql, (queue, now, 1)):
+            return []  # nothing due: no write transaction for an idle poll
+        with self._tx() as db:
+            taken, held = [], set()
+            for row in db.execute(sql, (queue, now, limit)).fetchall():
+                owner = row["claimed_by"]
+                if row["pr"] in held or (owner and owner != self.owner and row["claim_expires"] > now
+                                         and not claimer_gone(owner)):
+                    held.add(row["pr"])
+                    continue
+                taken.append(row)
+            if taken:
+                db.executemany(
+                    "UPDATE deliveries SET claimed_by = ?, claim_expires = ? WHERE seq = ?",
+                    [(self.owner, now + self._lease, row["seq"]) for row in taken],
+                )
+        return [_delivery(row) for row in taken]
 
     def known_head(self, pr: str) -> str:
         """The head sha of ``pr`` in the newest PR state journaled for it ("" when none is)."""
