@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -295,3 +296,24 @@ def test_the_zero_config_local_mode_still_uses_the_generated_secret(
     assert server.send_github(pr_payload(), delivery="local", secret=secret).status_code == 202
     assert server.send_gitlab(b"{}", token=secret).status_code != 403
     assert server.send_gitlab(b"{}", token="wrong").status_code == 401
+
+
+def test_serve_in_a_cluster_prints_no_secret_and_says_which_providers_are_off(tmp_path: Path) -> None:
+    """Defect (issue 13.3): ``devstack serve`` printed a generated webhook secret to stdout, which in
+    a Pod is its log. With ``KUBERNETES_SERVICE_HOST`` set and GitHub's secret configured, nothing is
+    generated or printed, and the log says GitLab's webhooks are off."""
+    from tests.test_cli import Serve
+
+    server = Serve(cwd=tmp_path, args=[], env={"KUBERNETES_SERVICE_HOST": "10.0.0.1",
+                                               "DEVSTACK_PROVIDERS__GITHUB__WEBHOOK_SECRETS": '["gh-secret-in-pod-1"]'})
+    try:
+        refused = httpx.post(server.url + "/webhooks/gitlab", content=b"{}", timeout=10,
+                             headers={"X-Gitlab-Event": "Merge Request Hook", "X-Gitlab-Token": "guess"})
+        assert refused.status_code == 403
+    finally:
+        server.stop()
+    output = server.output()
+    assert not (tmp_path / ".devstack" / "webhook-secret").exists()
+    assert "Generated a webhook secret" not in output and "gh-secret-in-pod-1" not in output
+    assert "webhooks from github: on (1 secret(s) configured)" in output
+    assert "webhooks from gitlab are OFF: providers.gitlab.webhook_secrets is not configured" in output
