@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # devstack's image: `docker build -t devstack .` then `docker run -p 8080:8080 devstack`.
 #
-# Two stages: the builder makes a wheel of devstack and installs it, with the [hooks] extra (the
+# Two stages: the builder makes a wheel of devstack (with the feature-release chart and argocd/ inside,
+# for `devstack bootstrap`) and installs it, with the [hooks] extra (the
 # provisioning hooks run from this image too), into a virtualenv; the final image gets that virtualenv,
 # git (the GitOps store drives the git CLI) and nothing to build with. It runs as UID 10001, keeps its
 # state (journal, working clone) in the volume /var/lib/devstack, and listens on 8080.
@@ -13,8 +14,11 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python -m venv /opt/devstack
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md setup.py ./
 COPY service/ service/
+# The feature-release chart and argocd/ go into the wheel (setup.py): devstack bootstrap writes them.
+COPY templates/ templates/
+COPY argocd/ argocd/
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
     && wheel="$(find /wheels -name 'devstack-*.whl' -print -quit)" \

@@ -619,7 +619,7 @@ def test_dockerignore_keeps_state_and_caches_out_but_not_what_the_build_copies()
                  "service/devstack/__pycache__", "service/devstack.egg-info"):
         assert ignored(path), path
     copied = [source for keyword, rest in stages()[0] if keyword == "COPY" for source in rest.split()[:-1]]
-    assert copied == ["pyproject.toml", "README.md", "service/"]
+    assert copied == ["pyproject.toml", "README.md", "setup.py", "service/", "templates/", "argocd/"]
     for source in copied:
         assert (REPO_ROOT / source).exists(), source
         assert not ignored(source.rstrip("/")), source

@@ -35,6 +35,14 @@ from devstack.errors import ConfigError
 from devstack.hooks.config import HooksSettings
 from devstack.naming import FEATURE_MAX, host_template_problem, hostname_problem, service_name_problem
 
+_USERINFO = re.compile(r"(?i)^([a-z][a-z0-9+.-]*://)[^/@\s]+@")
+
+
+def public_url(url: str) -> str:
+    """``url`` without credentials (``https://token@host/x`` -> ``https://host/x``): what may be written to
+    the GitOps repository and given to Argo CD, which has repository credentials of its own."""
+    return _USERINFO.sub(r"\1", url)
+
 
 def _duration(value: Any) -> Any:
     if isinstance(value, str):
@@ -80,7 +88,7 @@ class GitOpsSettings(_Model):
 class ChartSettings(_Model):
     repo_url: str = Field("", description="git repo of the feature-release chart; empty: the GitOps repo")
     path: str = "templates/feature-release"
-    target_revision: str = "main"
+    target_revision: str = Field("", description="revision of the chart; empty: gitops.branch")
 
 
 class RoutingSettings(_Model):
@@ -370,7 +378,12 @@ class Settings(BaseSettings):
 
     @property
     def chart_repo_url(self) -> str:
-        return self.chart.repo_url or self.gitops_url
+        """The chart's repository as Argo CD is given it: without credentials (Argo CD has its own)."""
+        return public_url(self.chart.repo_url or self.gitops_url)
+
+    @property
+    def chart_target_revision(self) -> str:
+        return self.chart.target_revision or self.gitops.branch
 
 
 SAMPLE_CATALOG: dict[str, Any] = {

@@ -513,7 +513,7 @@ def _element(
         "chart": {
             "repoURL": catalog.chart_repo_url,
             "path": catalog.chart.path,
-            "targetRevision": catalog.chart.target_revision,
+            "targetRevision": catalog.chart_target_revision,
         },
         "values": values,
         "source": source,

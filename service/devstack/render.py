@@ -402,6 +402,10 @@ def helm_values(source: Mapping[str, Any], *, chart_dir: Path) -> dict[str, Any]
         path = (chart_dir / name).resolve()
         if not path.is_relative_to(chart_dir.resolve()):
             raise RenderError(f"helm.valueFiles: {name} is outside the chart")
+        if not path.is_file():
+            if spec.get("ignoreMissingValueFiles"):
+                continue
+            raise RenderError(f"helm.valueFiles: {name} is not in the chart (and ignoreMissingValueFiles is off)")
         values = merge_patch(values, yaml.safe_load(path.read_text(encoding="utf-8")) or {})
     if spec.get("values"):
         values = merge_patch(values, yaml.safe_load(spec["values"]) or {})
@@ -542,12 +546,18 @@ def _dump(document: Mapping[str, Any]) -> str:
 
 
 def default_repo_root() -> Path | None:
-    """The devstack checkout: the current directory or a parent of it, else the one this module is in."""
+    """The devstack checkout: the current directory or a parent of it, else what this devstack ships
+    (its checkout, or the copy inside the installed wheel: devstack.bundle)."""
+    from devstack.bundle import bundle_root
+
     here = Path.cwd().resolve()
-    for candidate in (here, *here.parents, Path(__file__).resolve().parents[2]):
+    for candidate in (here, *here.parents):
         if (candidate / "argocd" / APPSET_FILES[0]).is_file():
             return candidate
-    return None
+    try:
+        return bundle_root()
+    except FileNotFoundError:
+        return None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

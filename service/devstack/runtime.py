@@ -145,7 +145,11 @@ def provider_clients(settings: Settings) -> dict[str, ProviderClient]:
 def open_store(settings: Settings, *, workdir: Path | None = None) -> GitStore:
     url = settings.gitops.url
     if not url:
+        # Zero-config local mode: a local GitOps repo holding the chart the entries point at.
+        from devstack.bootstrap import bootstrap
+
         url = GitStore.init_local_remote(settings.local_remote_path, branch=settings.gitops.branch)
+        bootstrap(settings)
     return GitStore(
         url=url,
         branch=settings.gitops.branch,
