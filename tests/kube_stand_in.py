@@ -8,6 +8,8 @@ It serves what :mod:`devstack.cluster` calls, the way the API server answers it,
   exactly six fraction digits, as ``metav1.MicroTime`` parses them), delete;
 * ``argoproj.io/v1alpha1`` ``applicationsets``: get, and patch with ``application/merge-patch+json``
   only (RFC 7386);
+* ``authorization.k8s.io/v1`` ``selfsubjectaccessreviews``: create, answered from ``rules`` (below) the
+  way requests are authorized (kept in ``reviews``, not in ``requests``);
 * ``argoproj.io/v1alpha1`` ``applications``: get, list with ``labelSelector`` (``k``, ``!k``, ``k=v``,
   ``k==v``, ``k!=v``), and watch (``watch=true``: a chunked stream of ADDED/MODIFIED/DELETED events
   after ``resourceVersion``, ended after ``timeoutSeconds``; a resourceVersion older than
@@ -54,6 +56,7 @@ SERVED: dict[str, set[str]] = {
     "applicationsets": {"get", "list", "patch"},
     "applications": {"get", "list", "watch"},
 }
+_SSAR = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 _MICROTIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(Z|[+-]\d{2}:\d{2})$")
 _VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
@@ -156,6 +159,7 @@ class KubeStandIn:
     gone_before: int = 0
     objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)  # (plural, ns, name)
     requests: list[Request] = field(default_factory=list)
+    reviews: list[dict[str, Any]] = field(default_factory=list)  # SelfSubjectAccessReview attributes asked
     events: list[tuple[int, str, str, dict[str, Any]]] = field(default_factory=list)  # (rv, type, plural, obj)
     _cond: threading.Condition = field(default_factory=lambda: threading.Condition(threading.RLock()))
     _version: int = 100
@@ -238,6 +242,8 @@ class KubeStandIn:
         """One request; returns (status, JSON body), or (200, ("watch", args)) for a watch."""
         parts = urlsplit(path)
         query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+        if parts.path == _SSAR and method == "POST":
+            return self._review(body)
         match = _PATH.match(parts.path)
         verb = _VERBS.get(method, "?")
         if match is None or (match["group"], match["version"], match["plural"]) not in KINDS:
@@ -334,6 +340,26 @@ class KubeStandIn:
                 self.delete(plural, namespace, name or "")
                 return answer(200, status_body(200, "", "deleted", status="Success"))
         return answer(405, status_body(405, "MethodNotAllowed", f"{method} {path}"))
+
+    def _review(self, body: Any) -> tuple[int, Any]:
+        """A SelfSubjectAccessReview: may the caller do ``spec.resourceAttributes``? Answered from ``rules``
+        exactly as requests are authorized (no rules: everything is allowed)."""
+        spec = (body or {}).get("spec") if isinstance(body, dict) else None
+        attributes = (spec or {}).get("resourceAttributes") if isinstance(spec, dict) else None
+        if not isinstance(attributes, dict) or not attributes.get("verb") or not attributes.get("resource"):
+            return 422, status_body(422, "Invalid", "spec.resourceAttributes: verb and resource are required")
+        with self._cond:
+            allowed = self.rules is None or any(
+                _rule_allows(rule, group=attributes.get("group", ""), verb=attributes["verb"],
+                             resource=attributes["resource"], name=attributes.get("name") or None)
+                for rule in self.rules.get(attributes.get("namespace", ""), [])
+            )
+            self.reviews.append(dict(attributes))
+        status: dict[str, Any] = {"allowed": allowed}
+        if allowed:
+            status["reason"] = "RBAC: allowed by a Role"
+        return 201, {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "metadata": {},
+                     "spec": spec, "status": status}
 
     def stream_events(
         self, write: Callable[[bytes], None], *, plural: str, namespace: str, selector: str, since: float,

@@ -221,11 +221,12 @@ class _Clone:
         if not (os.environ.get("GIT_SSH_COMMAND") or os.environ.get("GIT_SSH")):
             self.env["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes"
 
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, check: bool = True, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
         try:
             result = subprocess.run(
                 ["git", "-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false", *args],
                 cwd=self.path, env=self.env, capture_output=True, text=True, timeout=TIMEOUT, check=False,
+                input=input_text,
             )
         except subprocess.TimeoutExpired:
             raise GitError(f"git {args[0]} on {mask_url(self.url)} took longer than {TIMEOUT:.0f}s") from None
@@ -236,6 +237,12 @@ class _Clone:
     @staticmethod
     def text(result: subprocess.CompletedProcess[str]) -> str:
         return mask_url(" ".join((result.stderr + " " + result.stdout).split()))[:500]
+
+    def show(self, commit: str, path: str) -> bytes | None:
+        """The bytes of ``path`` at ``commit``; None when it is not there."""
+        result = subprocess.run(["git", "cat-file", "blob", f"{commit}:{path}"], cwd=self.path, env=self.env,
+                                capture_output=True, timeout=TIMEOUT, check=False)
+        return result.stdout if result.returncode == 0 else None
 
     def fetch(self, branch: str) -> str | None:
         """Fetch ``branch``; its sha, or None when the remote has no such branch (yet)."""

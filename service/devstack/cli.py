@@ -123,12 +123,15 @@ def _target_arguments(parser: argparse.ArgumentParser) -> None:
 def _extra_commands(commands: Any) -> None:
     """``render`` and ``hook``: their modules import their heavy dependencies (helm, psycopg, boto3)
     only when a command runs, so a plain install (no extras) still has a working CLI."""
-    from devstack import bootstrap, render
+    from devstack import bootstrap, doctor, render
     from devstack.hooks import cli as hooks_cli
 
     parser = commands.add_parser("bootstrap", help="make the GitOps repo ready: chart, ApplicationSets, AppProject")
     bootstrap.add_arguments(parser)
     parser.set_defaults(func=bootstrap.run)
+    parser = commands.add_parser("doctor", help="check a configuration end to end: git, bootstrap, tokens, cluster")
+    doctor.add_arguments(parser)
+    parser.set_defaults(func=doctor.run)
 
     parser = commands.add_parser("render", help="print the Applications and manifests for an entry file")
     render.add_arguments(parser)

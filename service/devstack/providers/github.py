@@ -311,6 +311,14 @@ _MAX_DESCRIPTION = 140  # GitHub refuses longer deployment (status) descriptions
 _SECONDARY_RATE_LIMIT_DELAY = 60.0  # GitHub: "wait for at least one minute before retrying"
 
 
+
+# What devstack does with the GitHub API, as a GitHub App's permissions and webhook events: the
+# manifest of /setup/github asks for exactly these, and devstack doctor checks an installation has them.
+APP_PERMISSIONS: dict[str, str] = {"pull_requests": "write", "issues": "write", "deployments": "write",
+                                   "metadata": "read"}
+APP_EVENTS: tuple[str, ...] = ("pull_request", "issue_comment")
+
+
 @dataclass(frozen=True, kw_only=True)
 class GitHubApp:
     """GitHub App credentials: authenticate as an installation instead of with a token."""
