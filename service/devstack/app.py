@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from devstack import __version__, dashboard, redact
+from devstack import __version__, dashboard, redact, setup_github
 from devstack.catalog import Settings
 from devstack.commands import CLI_OPS, cli_command
 from devstack.decode import Decoder
@@ -301,6 +301,7 @@ def create_app(
         return {"redriven": await run_in_threadpool(runtime.journal.redrive)}
 
     app.include_router(dashboard.router())
+    app.include_router(setup_github.router(settings))
     return app
 
 

@@ -150,6 +150,7 @@ class SecuritySettings(_Model):
 
 class GitHubSettings(_Model):
     api_url: str = "https://api.github.com"
+    web_url: str = Field("", description="GitHub's web address; empty: derived from api_url (github.com, GHES)")
     token: SecretStr | None = None
     app_id: int | None = Field(None, ge=1, description="GitHub App authentication instead of a token")
     private_key: SecretStr | None = Field(None, description="the App's private key (PEM)")

@@ -92,7 +92,11 @@ def webhook_secrets(settings: Settings, provider: str) -> list[SecretStr]:
     if configured:
         return configured
     if local_mode(settings):
-        return [ensure_webhook_secret(settings.state_dir)[0]]
+        generated = [ensure_webhook_secret(settings.state_dir)[0]]
+        app_secret = settings.state_dir / "github-app" / "webhook-secret"  # kept by /setup/github (local mode)
+        if provider == "github" and app_secret.is_file():
+            generated.append(SecretStr(app_secret.read_text(encoding="utf-8").strip()))
+        return generated
     return []
 
 
