@@ -8,6 +8,7 @@ same RBAC rules it enforces on requests).
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -281,3 +282,31 @@ def test_in_a_cluster_missing_rbac_and_applicationsets(tmp_path: Path, remote: s
     assert checks[1] == (
         "[FAIL] applicationsets: devstack-previews, devstack-preview-namespaces not found in namespace argocd. "
         "Fix: kubectl apply -k argocd/ from a clone of the GitOps repository (after devstack bootstrap)")
+
+
+def test_a_remote_that_can_be_read_but_not_written(tmp_path: Path, http: responses.RequestsMock) -> None:
+    """A read-only remote (git's dumb HTTP protocol: fetch works, every push fails): the dry-run push is
+    what finds it, and the bootstrap check still runs on what was fetched."""
+    from tests.test_security import DumbHttpGit
+
+    remote = make_bare_remote(tmp_path / "www" / "gitops.git")
+    bootstrap.bootstrap(load_settings(write_config(tmp_path, remote)))
+    subprocess.run(["git", f"--git-dir={remote}", "update-server-info"], check=True)
+    server = DumbHttpGit(tmp_path / "www")
+    try:
+        url = f"http://bot:s3cr3t@127.0.0.1:{server.port}/gitops.git"
+        github_ok(http)
+        checks = lines(write_config(tmp_path, url))
+    finally:
+        server.close()
+    masked = f"http://***@127.0.0.1:{server.port}/gitops.git"
+    assert checks["gitops remote"].startswith(f"[FAIL] gitops remote: {masked} can be read but not written (git push "
+                                              "--dry-run: ")
+    assert checks["gitops remote"].endswith(
+        ". Fix: give the credentials of gitops.url write access to the repository (a deploy key with write access, "
+        "or a token with contents: write)")
+    # Bootstrapped through its path, so argocd/ names another URL than this configuration's: said so.
+    assert checks["bootstrap"].startswith(
+        "[FAIL] bootstrap: argocd/applicationset-namespaces.yaml, argocd/applicationset.yaml, argocd/appproject.yaml "
+        "differ from what this configuration needs")
+    assert "s3cr3t" not in "".join(checks.values())

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from devstack import __version__
 from devstack.catalog import Settings, load_settings
 from devstack.cli import build_parser
 from tests.kube_stand_in import KubeStandIn
@@ -430,6 +431,15 @@ def test_the_roles_refuse_what_devstack_does_not_need(enforcing_kube: KubeStandI
     with pytest.raises(ApiException) as other_lease:
         coordination.read_namespaced_lease("kube-scheduler", NAMESPACE)
     assert other_lease.value.status == 403
+
+
+def test_the_hooks_run_the_image_devstack_runs(objects: list[dict[str, Any]]) -> None:
+    """The hooks' image is devstack's own image, never one nobody publishes (manifests/devstack.yaml names
+    the repository of kustomization.yaml's images: entry; the tag defaults to this version, its newTag)."""
+    image = yaml.safe_load(config_text(objects))["hooks"]["image"]
+    [entry] = kustomization()["images"]
+    assert container(objects)["image"] == f"{image['repository']}:{image.get('tag', __version__)}"
+    assert (entry["newName"], entry["newTag"]) == (image["repository"], image.get("tag", __version__))
 
 
 def test_the_configuration_matches_the_rbac(objects: list[dict[str, Any]]) -> None:
