@@ -204,7 +204,7 @@ def desired_files(settings: Settings, *, root: Path | None = None, version: str 
 # --- git ------------------------------------------------------------------------------------------
 
 
-class _Clone:
+class Clone:
     """A throwaway clone driven through the git CLI; credentials never appear in an error."""
 
     def __init__(self, *, url: str, path: Path, settings: Settings) -> None:
@@ -256,15 +256,15 @@ class _Clone:
 
 
 @contextmanager
-def _clone(settings: Settings, workdir: Path | None) -> Iterator[_Clone]:
+def temporary_clone(settings: Settings, workdir: Path | None) -> Iterator[Clone]:
     with tempfile.TemporaryDirectory(prefix="devstack-bootstrap-", dir=workdir) as tmp:
-        clone = _Clone(url=settings.gitops_url, path=Path(tmp), settings=settings)
+        clone = Clone(url=settings.gitops_url, path=Path(tmp), settings=settings)
         clone.run("init", "--quiet")
         clone.run("remote", "add", "origin", settings.gitops_url)
         yield clone
 
 
-def _push(clone: _Clone, branch: str) -> str | None:
+def _push(clone: Clone, branch: str) -> str | None:
     """Push HEAD to ``branch``, never forced. None on success, else the rejection (fetch and re-plan)."""
     result = clone.run("push", "--porcelain", "--no-verify", "origin", f"HEAD:refs/heads/{branch}", check=False)
     if result.returncode == 0:
@@ -274,7 +274,7 @@ def _push(clone: _Clone, branch: str) -> str | None:
     raise GitError(f"git push to {mask_url(clone.url)} failed: {clone.text(result)}")
 
 
-def _write(clone: _Clone, files: Mapping[str, bytes], *, owned: list[str]) -> None:
+def _write(clone: Clone, files: Mapping[str, bytes], *, owned: list[str]) -> None:
     """Replace what bootstrap owns by ``files`` (the platform's values file of the chart stays)."""
     for path in owned:
         target = clone.path / path
@@ -294,7 +294,7 @@ def _write(clone: _Clone, files: Mapping[str, bytes], *, owned: list[str]) -> No
         target.write_bytes(data)
 
 
-def _readme_name(clone: _Clone) -> str:
+def _readme_name(clone: Clone) -> str:
     existing = clone.path / README
     if not existing.is_file():
         return README
@@ -314,7 +314,7 @@ def bootstrap(settings: Settings, *, branch: str | None = None, root: Path | Non
         raise ConfigError(f"--branch {branch!r}: give a new branch name other than {settings.gitops.branch!r}")
     owned = sorted({f"{ARGOCD}/{name}" for name in (*bundle.ARGOCD_FILES, KUSTOMIZATION)}
                    | ({settings.chart.path.strip("/")} if chart_in_gitops_repo(settings) else set()))
-    with _clone(settings, workdir) as clone:
+    with temporary_clone(settings, workdir) as clone:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             base = clone.fetch(target) if branch else None
             if base is None:

@@ -82,7 +82,7 @@ class _Remote:
 def check_gitops(settings: Settings, *, command: str) -> Iterator[Check]:
     url = mask_url(settings.gitops_url)
     branch = settings.gitops.branch
-    with bootstrap._clone(settings, None) as clone:
+    with bootstrap.temporary_clone(settings, None) as clone:
         try:
             sha = clone.fetch(branch)
         except GitError as exc:
@@ -325,6 +325,7 @@ def check_webhook_secret(settings: Settings, provider: str) -> Check:
 
 
 def in_cluster(settings: Settings) -> bool:
+    """devstack runs in a cluster (it talks to its API): secrets belong in Secrets, not on its volume."""
     return settings.cluster.argocd.enabled or settings.cluster.leader_election.enabled
 
 

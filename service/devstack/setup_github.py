@@ -41,6 +41,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from devstack import __version__
 from devstack.catalog import Settings
+from devstack.doctor import in_cluster
 from devstack.providers.github import APP_EVENTS, APP_PERMISSIONS
 
 COOKIE = "devstack_setup"
@@ -166,10 +167,6 @@ def secret_manifest(app: CreatedApp, *, namespace: str) -> str:
         "# and add to the Secret devstack-secrets (existingSecret):\n"
         f"#   github-webhook-secrets: '[\"{app.webhook_secret}\"]'\n"
     )
-
-
-def in_cluster(settings: Settings) -> bool:
-    return settings.cluster.argocd.enabled or settings.cluster.leader_election.enabled
 
 
 # --- the pages -----------------------------------------------------------------------------------
