@@ -244,9 +244,12 @@ def test_the_zero_config_local_mode_bootstraps_its_own_repo_and_entries_point_at
     assert settings.chart_repo_url == str(settings.local_remote_path.resolve())
     assert git(settings.chart_repo_url, "cat-file", "-e", f"{settings.chart_target_revision}:{chart}") == ""
     commits = remote_commits(remote)
+    assert bootstrap.up_to_date(settings, repo=settings.local_remote_path)  # the next start clones nothing
     with open_store(settings, workdir=tmp_path / "clone"):
         pass
     assert remote_commits(remote) == commits  # starting again commits nothing
+    newer = load_settings(None, overrides={"gitops": {"path": "envs"}})
+    assert not bootstrap.up_to_date(newer, repo=settings.local_remote_path)  # a changed config is noticed
 
 
 def test_the_command_pushes_then_says_up_to_date(

@@ -23,6 +23,7 @@ written (it lives there); the ApplicationSets and the AppProject still are.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -303,6 +304,27 @@ def _readme_name(clone: Clone) -> str:
     except (OSError, UnicodeDecodeError):
         return OWN_README
     return README if head.startswith(README_MARK) else OWN_README
+
+
+def up_to_date(settings: Settings, *, repo: Path) -> bool:
+    """Whether the local bare ``repo`` already holds what :func:`bootstrap` would write (one ``git ls-tree``
+    and no clone: the zero-config mode asks this at every start)."""
+    files = desired_files(settings)
+    result = subprocess.run(["git", f"--git-dir={repo}", "ls-tree", "-r", "--full-tree", settings.gitops.branch],
+                            capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    if result.returncode != 0:
+        return False
+    blobs = {}
+    for line in result.stdout.splitlines():
+        meta, _, path = line.partition("\t")
+        blobs[path] = meta.split()[-1]
+    if README not in blobs and OWN_README not in blobs:
+        return False
+    return all(blobs.get(path) == _blob_id(data) for path, data in files.items())
+
+
+def _blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
 
 
 def bootstrap(settings: Settings, *, branch: str | None = None, root: Path | None = None,

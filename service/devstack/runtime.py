@@ -150,10 +150,11 @@ def open_store(settings: Settings, *, workdir: Path | None = None) -> GitStore:
     url = settings.gitops.url
     if not url:
         # Zero-config local mode: a local GitOps repo holding the chart the entries point at.
-        from devstack.bootstrap import bootstrap
+        from devstack.bootstrap import bootstrap, up_to_date
 
         url = GitStore.init_local_remote(settings.local_remote_path, branch=settings.gitops.branch)
-        bootstrap(settings)
+        if not up_to_date(settings, repo=settings.local_remote_path):
+            bootstrap(settings)
     return GitStore(
         url=url,
         branch=settings.gitops.branch,
