@@ -112,6 +112,10 @@ def test_the_readme_flow_on_embedded_defaults(tmp_path: Path, processes: list[Se
     again = Serve(cwd=tmp_path, args=[])
     processes.append(again)
     assert secret not in again.output()  # not printed a second time
+    deadline = time.monotonic() + 30  # /readyz is 200 "degraded" until the worker has opened its clone
+    while httpx.get(again.url + "/readyz").json()["status"] != "ready":
+        assert time.monotonic() < deadline, again.output()
+        time.sleep(0.05)
     assert [p["feature"] for p in httpx.get(again.url + "/api/previews").json()] == ["login-fix"]
 
 
