@@ -263,7 +263,7 @@ def test_github_enterprise_web_url_and_the_org_form(make_settings: Callable[...,
 
 
 def test_the_stored_webhook_secret_is_accepted_locally(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(providers={"github": {}})
+    settings = make_settings(providers={"github": {}, "gitlab": {}})  # the local mode: no secret configured
     app_dir = settings.state_dir / "github-app"
     app_dir.mkdir(parents=True)
     (app_dir / "webhook-secret").write_text(APP_SECRET + "\n")
