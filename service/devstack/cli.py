@@ -48,7 +48,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DevstackError as exc:
         print(f"devstack: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a file named on the command line that cannot be read or written
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"devstack: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("devstack: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not a user error: one line, the traceback only when asked for
+        logger.debug("unexpected error", exc_info=True)
+        print(f"devstack: unexpected error: {type(exc).__name__}: {exc} (run with --log-level DEBUG for the "
+              "traceback, and please report it)", file=sys.stderr)
+        return 1
     return code
+
+
+def unreachable(url: str, exc: requests.RequestException) -> str:
+    """What to say when a devstack server cannot be reached: where, and what to do instead."""
+    if isinstance(exc, requests.ConnectionError):
+        why = "nothing answers there" if "refused" in str(exc).lower() else "the connection failed"
+    elif isinstance(exc, requests.Timeout):
+        why = "it did not answer in time"
+    else:
+        why = type(exc).__name__
+    return (f"no devstack server is reachable at {url} ({why}): start one with `devstack serve`, pass --url, "
+            "or read the GitOps repo directly with --config devstack.yaml")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,7 +210,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     try:
         response = requests.post(f"{args.url.rstrip('/')}/webhooks/github", data=body, headers=headers, timeout=30)
     except requests.RequestException as exc:
-        print(f"devstack: cannot reach {args.url}: {exc}", file=sys.stderr)
+        print(f"devstack: {unreachable(args.url, exc)}", file=sys.stderr)
         return 1
     print(f"{response.status_code} {response.text}")
     return 0 if response.ok else 1
@@ -208,7 +232,7 @@ def cmd_change(args: argparse.Namespace) -> int:
         response = _api(args, settings, "post", "/api/commands", json=request)
         delivery = response.json()["delivery"]
         outcome = _wait_for(args, settings, delivery)
-        print(f"{response.json()['feature']}: {outcome}")
+        print(f"{response.json()['feature']}: {_outcome_words(outcome)}")
         return 0 if not outcome.startswith(("dead", "ignored")) else 1
     from devstack.commands import cli_command
 
@@ -237,8 +261,13 @@ def cmd_change(args: argparse.Namespace) -> int:
         where = " (applied by another devstack process on this journal)"
     else:
         where = " (nothing changed)"
-    print(f"{command.feature}: {outcome}{where}")
+    print(f"{command.feature}: {_outcome_words(outcome)}{where}")
     return 0 if outcome.startswith("applied") else 1
+
+
+def _outcome_words(outcome: str) -> str:
+    """``applied: TTL capped at 2w (...)`` reads ``applied, TTL capped at 2w (...)``: applied, with a note."""
+    return "applied, " + outcome[len("applied: "):] if outcome.startswith("applied: ") else outcome
 
 
 def cmd_pass(args: argparse.Namespace) -> int:
@@ -319,7 +348,7 @@ def _api(args: argparse.Namespace, settings: Settings, method: str, path: str, *
         response = requests.request(method, args.url.rstrip("/") + path, timeout=30,
                                     headers={"Authorization": f"Bearer {token}"}, **kwargs)
     except requests.RequestException as exc:
-        raise DevstackError(f"cannot reach {args.url}: {exc}") from None
+        raise DevstackError(unreachable(args.url, exc)) from None
     if not response.ok:
         raise DevstackError(f"{args.url}{path}: {response.status_code} {response.text[:500]}")
     return response
@@ -363,9 +392,12 @@ def cmd_previews(args: argparse.Namespace) -> int:
         url = (args.url or DEFAULT_URL).rstrip("/")
         try:
             response = requests.get(f"{url}/api/previews", timeout=30)
-            response.raise_for_status()
         except requests.RequestException as exc:
-            print(f"devstack: cannot read previews from {url}: {exc}", file=sys.stderr)
+            print(f"devstack: {unreachable(url, exc)}", file=sys.stderr)
+            return 1
+        if not response.ok:
+            print(f"devstack: {url}/api/previews answered {response.status_code} {response.text[:200]}",
+                  file=sys.stderr)
             return 1
         data = response.json()
     if args.json:

@@ -99,6 +99,7 @@ class _Batch:
     why_not: dict[str, str] = field(default_factory=dict)
     notes: dict[str, list[str]] = field(default_factory=dict)
     touched: set[str] = field(default_factory=set)  # features a command changed
+    applied_with: dict[str, str] = field(default_factory=dict)  # delivery id -> what an applied change adjusted
 
 
 class _State:
@@ -194,7 +195,7 @@ def plan(
             target = event.key
         decisions.append(
             Decision(delivery_id=event.delivery_id, pr=target, outcome="ignored" if reason else "applied",
-                     reason=reason or "")
+                     reason=reason or batch.applied_with.get(event.delivery_id, ""))
         )
     changed: dict[str, list[Element] | None] = {}
     names = _AppNames(entries)
@@ -404,7 +405,7 @@ def _ttl(catalog: Settings, requested: str | None) -> tuple[timedelta | None, st
     limit = catalog.ttl.max
     if limit is not None and (ttl is None or ttl > limit):
         capped = format_duration(limit)
-        return limit, f"TTL `{requested[:20]}` is longer than this installation allows; capped at {capped}"
+        return limit, f"TTL capped at {capped} (`{requested[:20]}` is longer than this installation allows)"
     return ttl, ""
 
 
@@ -613,7 +614,10 @@ def _run_command(
 ) -> str | None:
     args = dict(command.args)
     if command.op == "up":
-        return _up(elements, command, catalog, feature=feature)
+        refused, note = _up(elements, command, catalog, feature=feature)
+        if note:
+            batch.applied_with[command.delivery_id] = note  # applied, with the TTL capped: not a refusal
+        return refused
     if command.op == "down":
         state.replace(feature, [])
         for key in _requesters(elements):
@@ -631,19 +635,22 @@ def _run_command(
         mine = _expires(command.received_at, ttl)
         current = stack_expiry(elements)
         _set_expiry(elements, mine if command.op == "ttl" else _later(current, mine))
-        if note and command.pr:
-            batch.notes.setdefault(command.pr, []).append(note)
+        if note:
+            batch.applied_with[command.delivery_id] = note
+            if command.pr:
+                batch.notes.setdefault(command.pr, []).append(note)
         return None
     if command.op in ("set", "restart", "redeploy"):
         return _override(elements, command, args)
     return f"unknown command {command.op!r}"
 
 
-def _up(elements: list[Element], command: Command, catalog: Settings, *, feature: str) -> str | None:
+def _up(elements: list[Element], command: Command, catalog: Settings, *, feature: str) -> tuple[str | None, str]:
+    """Why ``up`` was refused (None when applied), and a note on what it adjusted (a capped TTL)."""
     pins = dict(command.services)
     unknown = sorted(name for name in pins if name not in catalog.services)
     if unknown:
-        return f"unknown service {', '.join(unknown)}"
+        return f"unknown service {', '.join(unknown)}", ""
     prior = stack_expiry(elements)
     for service in dependency_closure(catalog, pins):
         existing = _find(elements, service)
@@ -660,7 +667,7 @@ def _up(elements: list[Element], command: Command, catalog: Settings, *, feature
         existing["requestedBy"] = requested
     ttl, note = _ttl(catalog, dict(command.args).get("ttl"))
     _set_expiry(elements, _later(prior, _expires(command.received_at, ttl)))
-    return note or None
+    return None, note
 
 
 def _override(elements: list[Element], command: Command, args: Mapping[str, str]) -> str | None:
