@@ -74,3 +74,23 @@ def test_live_status_is_shown_when_known() -> None:
     body = render_comment(CASES["comment-active"], live=("degraded", "payments-api: CrashLoopBackOff"))
     assert "**Status:** :x: degraded (payments-api: CrashLoopBackOff)" in body
     assert render_comment(CASES["comment-active"]) == (GOLDEN / "comment-active.md").read_text()  # unknown: no line
+
+
+@pytest.mark.parametrize(
+    ("live", "headline"),
+    [
+        (None, "### :memo: Preview `login-fix` is written to the GitOps repo"),
+        (("pending", ""), "### :hourglass: Preview `login-fix` is being deployed"),
+        (("synced", ""), "### :hourglass: Preview `login-fix` is being deployed"),
+        (("degraded", "payments-api: CrashLoopBackOff"), "### :x: Preview `login-fix` failed to deploy"),
+        (("healthy", ""), "### :rocket: Preview `login-fix` is deployed"),
+    ],
+)
+def test_the_headline_says_deployed_only_when_argo_cd_reports_it_healthy(
+    live: tuple[str, str] | None, headline: str
+) -> None:
+    """Defect pinned (issue 13.11): with no cluster (local mode) the comment said "is **deployed**" when
+    nothing was deployed; it now says what is true, and "deployed" only once the preview is healthy."""
+    lines = render_comment(CASES["comment-active"], live=live).splitlines()
+    assert lines[1] == headline
+    assert "**Head sha:** `0123456789ab`" in "\n".join(lines)

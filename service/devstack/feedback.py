@@ -98,7 +98,7 @@ def render_comment(feedback: Feedback, *, live: tuple[str, str] | None = None) -
     )
     return _template("comment-active.md").substitute(
         marker=MARKER,
-        feature=_code(feedback.feature),
+        headline=_headline(_code(feedback.feature), live),
         rows=rows,
         header=feedback.header,
         feature_plain=feedback.feature,
@@ -107,6 +107,19 @@ def render_comment(feedback: Feedback, *, live: tuple[str, str] | None = None) -
         notes=_notes(feedback),
         status=_status(live),
     ).rstrip("\n") + "\n"
+
+
+def _headline(feature: str, live: tuple[str, str] | None) -> str:
+    """Say only what is true: "deployed" once Argo CD reports the preview healthy, before that what
+    devstack did (wrote the entry to the GitOps repo) or what Argo CD is doing."""
+    phase = live[0] if live else None
+    if phase == "healthy":
+        return f":rocket: Preview {feature} is deployed"
+    if phase == "degraded":
+        return f":x: Preview {feature} failed to deploy"
+    if phase in ("synced", "pending"):
+        return f":hourglass: Preview {feature} is being deployed"
+    return f":memo: Preview {feature} is written to the GitOps repo"
 
 
 def _status(live: tuple[str, str] | None) -> str:
