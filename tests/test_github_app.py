@@ -106,3 +106,36 @@ def test_a_minted_installation_token_never_appears_in_an_error(key: rsa.RSAPriva
         client.upsert_comment(repo="acme/payments", number=42, body=f"{MARKER}\nhi", marker=MARKER)
     assert minted not in str(info.value)
     assert "Not Found for token ***" in str(info.value)
+
+
+@responses.activate
+def test_an_app_adopts_only_the_comment_its_bot_wrote(key: rsa.RSAPrivateKey) -> None:
+    """Issue 13.4 for a GitHub App: its comments appear as ``<app-slug>[bot]``, read from ``GET /app``
+    (with the App's JWT: an installation token cannot read ``/user``). A marked comment by anyone else is
+    left alone."""
+    host = re.escape("https://ghe.example.com") + r"(:443)?/api/v3"
+    seen: dict[str, Any] = {}
+
+    def app(request: Any) -> tuple[int, dict[str, str], str]:
+        seen["app_auth"] = request.headers["Authorization"]
+        return 200, {}, json.dumps({"id": 1234, "slug": "devstack-acme", "name": "devstack (acme)",
+                                    "owner": {"login": "acme"}})
+
+    def comment(id: int, login: str) -> dict[str, Any]:
+        return {"id": id, "body": f"{MARKER}\nold", "user": {"login": login, "type": "Bot"},
+                "issue_url": f"{API}/repos/acme/payments/issues/42",
+                "url": f"{API}/repos/acme/payments/issues/comments/{id}"}
+
+    responses.add(responses.POST, re.compile(host + r"/app/installations/77/access_tokens"), status=201,
+                  json={"token": "ghs_installationtoken", "expires_at": "2099-01-01T00:00:00Z"})
+    responses.add_callback(responses.GET, re.compile(host + r"/app$"), callback=app)
+    responses.add(responses.GET, re.compile(host + r"/repos/acme/payments/issues/42/comments.*"),
+                  json=[comment(10, "mallory"), comment(11, "devstack-acme[bot]")])
+    responses.add(responses.PATCH, re.compile(host + r"/repos/acme/payments/issues/comments/11$"),
+                  json={**comment(11, "devstack-acme[bot]"), "body": f"{MARKER}\nnew"})
+    client = GitHubClient(api_url=API, app=GitHubApp(app_id=1234, private_key=SecretStr(pem(key)),
+                                                       installation_id=77), seconds_between_writes=0)
+    assert client.upsert_comment(repo="acme/payments", number=42, body=f"{MARKER}\nnew", marker=MARKER) == 11
+    assert seen["app_auth"].startswith("Bearer ")  # the JWT, not the installation token
+    assert client.own_login() == "devstack-acme[bot]"
+    assert not any(call.request.method == "PATCH" and call.request.url.endswith("/10") for call in responses.calls)

@@ -669,6 +669,7 @@ def test_upsert_finds_a_lost_comment_by_marker_across_pages(
         json=[comment_json(api, id=2002, body=f"{MARKER}\nsha 8d6a3f2")],
         match=[matchers.query_param_matcher({"per_page": "100", "page": "2"})],
     )
+    http.get(f"{api}/user", json={"login": "devstack-bot", "id": 4111, "type": "User"})
     http.patch(f"{api}/repos/{REPO}/issues/comments/2002", json=comment_json(api, id=2002, body=new))
 
     assert client.upsert_comment(repo=REPO, number=42, body=new, marker=MARKER, comment_id=1001) == 2002
@@ -677,6 +678,7 @@ def test_upsert_finds_a_lost_comment_by_marker_across_pages(
         ("GET", f"{p}/repos/{REPO}/issues/comments/1001", None),
         ("GET", f"{p}/repos/{REPO}/issues/42/comments", None),
         ("GET", f"{p}/repos/{REPO}/issues/42/comments", None),
+        ("GET", f"{p}/user", None),  # who devstack is: the marker alone is not enough
         ("PATCH", f"{p}/repos/{REPO}/issues/comments/2002", {"body": new}),
     ]
 
@@ -689,9 +691,10 @@ def test_upsert_ignores_a_comment_id_from_another_pr(
         f"{api}/repos/{REPO}/issues/comments/1001", json=comment_json(api, id=1001, body=body, number=41)
     )
     http.get(f"{api}/repos/{REPO}/issues/42/comments", json=[comment_json(api, id=3003, body=body)])
+    http.get(f"{api}/user", json={"login": "devstack-bot", "id": 4111, "type": "User"})
 
     assert client.upsert_comment(repo=REPO, number=42, body=body, marker=MARKER, comment_id=1001) == 3003
-    assert [method for method, _, _ in sent(http)] == ["GET", "GET"]  # found, unchanged: no write
+    assert [method for method, _, _ in sent(http)] == ["GET", "GET", "GET"]  # found, unchanged: no write
 
 
 def test_upsert_prefers_its_own_comment_when_the_marker_was_copied(
@@ -712,21 +715,35 @@ def test_upsert_prefers_its_own_comment_when_the_marker_was_copied(
     assert sent(http)[-1] == ("PATCH", f"{prefix(api)}/repos/{REPO}/issues/comments/11", {"body": new})
 
 
-def test_upsert_takes_the_first_marked_comment_when_the_token_cannot_read_its_user(
+def test_upsert_never_adopts_a_comment_that_only_carries_the_marker(
+    client: gh.GitHubClient, http: responses.RequestsMock, api: str
+) -> None:
+    """Defect pinned (issue 13.4): the sticky comment was found by marker alone, so anyone could paste
+    the marker into a comment and have devstack adopt (and try to edit) it. Marker *and* author now."""
+    new = f"{MARKER}\nsha 5e0c9a1"
+    http.get(
+        f"{api}/repos/{REPO}/issues/42/comments",
+        json=[comment_json(api, id=10, body=f"{MARKER}\nI am the preview now", login="mallory")],
+    )
+    http.get(f"{api}/user", json={"login": "devstack-bot", "id": 4111, "type": "User"})
+    http.post(f"{api}/repos/{REPO}/issues/42/comments", status=201, json=comment_json(api, id=12, body=new))
+
+    assert client.upsert_comment(repo=REPO, number=42, body=new, marker=MARKER) == 12
+    assert [method for method, _, _ in sent(http)] == ["GET", "GET", "POST"]  # mallory's comment is untouched
+
+
+def test_upsert_adopts_no_marked_comment_when_it_cannot_tell_who_it_is(
     client: gh.GitHubClient, http: responses.RequestsMock, api: str
 ) -> None:
     new = f"{MARKER}\nsha 5e0c9a1"
     http.get(
         f"{api}/repos/{REPO}/issues/42/comments",
-        json=[
-            comment_json(api, id=10, body=f"{MARKER}\nold", login="devstack[bot]"),
-            comment_json(api, id=11, body=f"> {MARKER}", login="octocat"),
-        ],
+        json=[comment_json(api, id=10, body=f"{MARKER}\nold", login="devstack-bot")],
     )
     http.get(f"{api}/user", status=403, json={"message": "Resource not accessible by integration"})
-    http.patch(f"{api}/repos/{REPO}/issues/comments/10", json=comment_json(api, id=10, body=new))
+    http.post(f"{api}/repos/{REPO}/issues/42/comments", status=201, json=comment_json(api, id=13, body=new))
 
-    assert client.upsert_comment(repo=REPO, number=42, body=new, marker=MARKER) == 10
+    assert client.upsert_comment(repo=REPO, number=42, body=new, marker=MARKER) == 13
 
 
 def test_upsert_refuses_a_body_without_the_marker(client: gh.GitHubClient) -> None:

@@ -921,7 +921,7 @@ def test_upsert_with_id_edits_when_the_body_changed(
 
 
 def test_upsert_finds_a_lost_note_by_marker_across_pages(
-    client: gl.GitLabClient, http: responses.RequestsMock, api: str
+    client: gl.GitLabClient, http: responses.RequestsMock, instance: str, api: str
 ) -> None:
     new = f"{MARKER}\nsha 5e0c9a1"
     http.get(f"{api}/merge_requests/42/notes/1001", status=404, json={"message": "404 Not found"})
@@ -936,11 +936,13 @@ def test_upsert_finds_a_lost_note_by_marker_across_pages(
     )
     http.get(f"{api}/merge_requests/42/notes", json=[note_json(id=2002, body=f"{MARKER}\nsha 8d6a3f2")],
              match=[matchers.query_param_matcher({**query, "page": "2"})])
+    http.get(f"{instance}/api/v4/user", json={"id": 7, "username": "project_7_bot_1a2b", "bot": True})
     http.put(f"{api}/merge_requests/42/notes/2002", json=note_json(id=2002, body=new))
 
     assert client.upsert_comment(repo=PROJECT, number=42, body=new, marker=MARKER, comment_id=1001) == 2002
     assert [(m, p.split("?")[0].rsplit("/", 2)[-2:]) for m, p, _ in sent(http)] == [
-        ("GET", ["notes", "1001"]), ("GET", ["42", "notes"]), ("GET", ["42", "notes"]), ("PUT", ["notes", "2002"]),
+        ("GET", ["notes", "1001"]), ("GET", ["42", "notes"]), ("GET", ["42", "notes"]), ("GET", ["v4", "user"]),
+        ("PUT", ["notes", "2002"]),
     ]
 
 
@@ -957,25 +959,37 @@ def test_upsert_prefers_its_own_note_when_the_marker_was_copied(
     assert client.upsert_comment(repo=PROJECT, number=42, body=new, marker=MARKER) == 11
 
 
-def test_upsert_takes_the_first_marked_note_when_the_token_cannot_read_its_user(
+def test_upsert_never_adopts_a_note_that_only_carries_the_marker(
+    client: gl.GitLabClient, http: responses.RequestsMock, instance: str, api: str
+) -> None:
+    """Defect pinned (issue 13.4): the sticky note was found by marker alone; anyone could paste it."""
+    new = f"{MARKER}\nsha 5e0c9a1"
+    http.get(f"{api}/merge_requests/42/notes", json=[note_json(id=11, body=f"{MARKER}\nmine now", username="ada")])
+    http.get(f"{instance}/api/v4/user", json={"id": 7, "username": "project_7_bot_1a2b", "bot": True})
+    http.post(f"{api}/merge_requests/42/notes", json=note_json(id=12, body=new), status=201)
+    assert client.upsert_comment(repo=PROJECT, number=42, body=new, marker=MARKER) == 12
+    assert [m for m, _, _ in sent(http)] == ["GET", "GET", "POST"]  # ada's note is untouched
+
+
+def test_upsert_adopts_no_marked_note_when_the_token_cannot_read_its_user(
     client: gl.GitLabClient, http: responses.RequestsMock, instance: str, api: str
 ) -> None:
     new = f"{MARKER}\nsha 5e0c9a1"
-    http.get(f"{api}/merge_requests/42/notes", json=[
-        note_json(id=10, body=f"{MARKER}\nold"), note_json(id=11, body=f"> {MARKER}", username="ada")])
+    http.get(f"{api}/merge_requests/42/notes", json=[note_json(id=10, body=f"{MARKER}\nold")])
     http.get(f"{instance}/api/v4/user", status=403, json={"message": "403 Forbidden"})
-    http.put(f"{api}/merge_requests/42/notes/10", json=note_json(id=10, body=new))
-    assert client.upsert_comment(repo=PROJECT, number=42, body=new, marker=MARKER) == 10
+    http.post(f"{api}/merge_requests/42/notes", json=note_json(id=13, body=new), status=201)
+    assert client.upsert_comment(repo=PROJECT, number=42, body=new, marker=MARKER) == 13
 
 
 def test_upsert_ignores_a_note_id_of_another_merge_request(
-    client: gl.GitLabClient, http: responses.RequestsMock, api: str
+    client: gl.GitLabClient, http: responses.RequestsMock, instance: str, api: str
 ) -> None:
     body = f"{MARKER}\nsha 5e0c9a1"
     http.get(f"{api}/merge_requests/42/notes/1001", json=note_json(id=1001, body=body, iid=41))
     http.get(f"{api}/merge_requests/42/notes", json=[note_json(id=3003, body=body)])
+    http.get(f"{instance}/api/v4/user", json={"id": 7, "username": "project_7_bot_1a2b", "bot": True})
     assert client.upsert_comment(repo=PROJECT, number=42, body=body, marker=MARKER, comment_id=1001) == 3003
-    assert [method for method, _, _ in sent(http)] == ["GET", "GET"]  # found, unchanged: no write
+    assert [method for method, _, _ in sent(http)] == ["GET", "GET", "GET"]  # found, unchanged: no write
 
 
 def test_upsert_refuses_a_body_without_the_marker_and_a_bad_project(client: gl.GitLabClient) -> None:

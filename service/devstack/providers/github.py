@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import requests
-from github import Auth, Github, GithubException
+from github import Auth, Github, GithubException, GithubIntegration
 from github.Requester import Requester
 
 from devstack import redact
@@ -361,6 +361,8 @@ class GitHubClient:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError("providers.github.api_url: not an http(s) URL")
         auth: Auth.Auth
+        self._app = app
+        self._api_url = api_url.rstrip("/")
         if app is not None:
             # A GitHub App: a JWT signed with the private key buys installation tokens, which PyGithub
             # renews before they expire (an hour).
@@ -431,25 +433,41 @@ class GitHubClient:
         return comment
 
     def _comment_by_marker(self, issue: Issue, *, marker: str) -> IssueComment | None:
-        found = [comment for comment in issue.get_comments() if marker in (comment.body or "")]
-        if len(found) > 1:
-            # Someone quoted or copied the marker: prefer the comment this token wrote.
-            login = self._token_login()
-            for comment in found:
-                if login is not None and comment.user is not None and comment.user.login == login:
-                    return comment
-        return found[0] if found else None
+        """The marked comment that devstack itself wrote: the marker *and* the author must match.
 
-    def _token_login(self) -> str | None:
-        """The token's own login, looked up once (``None`` where the token may not read ``/user``)."""
+        Anyone can paste the marker into a comment of their own; such a comment is never adopted (nor
+        edited). Where devstack cannot tell who it is, it adopts none and writes a new comment.
+        """
+        found = [comment for comment in issue.get_comments() if marker in (comment.body or "")]
+        if not found:
+            return None
+        login = self.own_login()
+        for comment in found:
+            if login is not None and comment.user is not None and comment.user.login == login:
+                return comment
+        logger.warning("%d comment(s) on #%s carry the devstack marker but were not written by %s; ignored",
+                       len(found), issue.number, login or "devstack (its login is unknown)")
+        return None
+
+    def own_login(self) -> str | None:
+        """The login devstack's comments appear under, looked up once: a token's user (``GET /user``),
+        or ``<app-slug>[bot]`` for a GitHub App (``GET /app`` with the App's JWT). ``None`` when it
+        cannot be read."""
         if not self._login_looked_up:
             self._login_looked_up = True
             try:
-                self._login = self._github.get_user().login
-            except GithubException as exc:  # GitHub App installation tokens get 403 here
-                logger.info(
-                    "cannot read the token's user (HTTP %s); taking the first marked comment", exc.status
-                )
+                if self._app is not None:
+                    integration = GithubIntegration(
+                        base_url=self._api_url,
+                        auth=Auth.AppAuth(self._app.app_id, self._app.private_key.get_secret_value()),
+                        timeout=10, retry=None, seconds_between_requests=None, user_agent="devstack",
+                    )
+                    self._login = f"{integration.get_app().slug}[bot]"
+                else:
+                    self._login = self._github.get_user().login
+            except GithubException as exc:
+                logger.warning("cannot read who devstack is on GitHub (HTTP %s): marked comments are not adopted",
+                               exc.status)
         return self._login
 
     # -- deployments

@@ -565,19 +565,26 @@ class GitLabClient:
         return note
 
     def _note_by_marker(self, mr: ProjectMergeRequest, *, marker: str) -> ProjectMergeRequestNote | None:
+        """The marked note that devstack itself wrote: the marker *and* the author must match.
+
+        Anyone can paste the marker into a note of their own; such a note is never adopted (nor edited).
+        Where devstack cannot tell who it is, it adopts none and writes a new note.
+        """
         found = [
             note
             for note in mr.notes.list(iterator=True, sort="asc", order_by="created_at")
             if not getattr(note, "system", False) and marker in (getattr(note, "body", None) or "")
         ]
-        if len(found) > 1:
-            # Someone quoted or copied the marker: prefer the note this token wrote.
-            username = self._token_username()
-            for note in found:
-                author = getattr(note, "author", None) or {}
-                if username is not None and author.get("username") == username:
-                    return note
-        return found[0] if found else None
+        if not found:
+            return None
+        username = self._token_username()
+        for note in found:
+            author = getattr(note, "author", None) or {}
+            if username is not None and author.get("username") == username:
+                return note
+        logger.warning("%d note(s) carry the devstack marker but were not written by %s; ignored",
+                       len(found), username or "devstack (its username is unknown)")
+        return None
 
     def _token_username(self) -> str | None:
         """The token's own user, looked up once (``None`` where it may not read ``/user``)."""
@@ -586,7 +593,8 @@ class GitLabClient:
             try:
                 self._gitlab.auth()
             except gitlab.exceptions.GitlabError as exc:
-                logger.info("cannot read the token's user (HTTP %s); taking the first marked note", exc.response_code)
+                logger.warning("cannot read the token's user (HTTP %s): marked notes are not adopted",
+                               exc.response_code)
             else:
                 user = self._gitlab.user
                 self._username = getattr(user, "username", None) if user is not None else None
