@@ -111,3 +111,55 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_secrets_are_not_shown(tmp_path: Path) -> None:
     s = load_settings(write(tmp_path, FULL))
     assert "ghp_x" not in repr(s) and "s1" not in str(s.providers.github)
+
+
+def test_every_problem_is_reported_in_one_run_with_its_key_path(tmp_path: Path) -> None:
+    """Defect pinned (issue 13.10): a bad service name, a ``depends_on`` typo and a hook typo took three
+    runs to see (pydantic stops at the first failing layer). One run now names all of them, by key path,
+    with the closest name where it looks like a typo, and an unknown key with the key it resembles."""
+    path = tmp_path / "devstack.yaml"
+    path.write_text(
+        "domian: example.com\n"
+        "routing: {hots: '{feature}.{domain}'}\n"
+        "services:\n"
+        "  Payments_API: {repo: acme/p, image: ghcr.io/acme/p}\n"
+        "  payments-api:\n"
+        "    repo: acme/payments\n"
+        "    image: ghcr.io/acme/payments-api\n"
+        "    depends_on: [ledgr]\n"
+        "    hooks: {postgress: true}\n"
+        "    dependson: []\n"
+        "  ledger: {repo: acme/ledger, image: ghcr.io/acme/ledger}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    lines = str(info.value).splitlines()
+    assert lines[0] == f"invalid config file {path}:"
+    assert sorted(lines[1:]) == sorted([
+        "  domian: unknown key (did you mean 'domain'?)",
+        "  routing.hots: unknown key (did you mean 'host'?)",
+        "  services.Payments_API: service name 'Payments_API' must be lowercase letters, digits and single '-', "
+        "starting with a letter",
+        "  services.payments-api.dependson: unknown key (did you mean 'depends_on'?)",
+        "  services.payments-api.depends_on: names 'ledgr', which is not in services (did you mean 'ledger'?)",
+        "  services.payments-api.hooks: unknown hook 'postgress' (did you mean 'postgres'?) "
+        "(known: secrets, postgres, redis, sqs, sns)",
+    ])
+
+
+def test_a_catalog_with_only_cross_key_problems_reports_them_all(tmp_path: Path) -> None:
+    """When every field is valid on its own, the checks across keys still report every problem at once."""
+    path = tmp_path / "devstack.yaml"
+    path.write_text(
+        "services:\n"
+        "  a: {repo: acme/a, image: ghcr.io/acme/a, depends_on: [c], hooks: {redis: 1}}\n"
+        "  b: {repo: acme/b, image: ghcr.io/acme/b, depends_on: [d]}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    text = str(info.value)
+    assert "services.a.depends_on: names 'c', which is not in services" in text
+    assert "services.b.depends_on: names 'd', which is not in services" in text
+    assert "services.a.hooks: hooks.redis must be true or false, not 1" in text

@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -317,13 +317,9 @@ class Settings(BaseSettings):
     @field_validator("services")
     @classmethod
     def _service_names(cls, value: dict[str, ServiceSettings]) -> dict[str, ServiceSettings]:
-        for name, service in value.items():
-            problem = service_name_problem(name)
-            if problem:
-                raise ValueError(f"service name {name!r} {problem}")
-            for dep in service.depends_on:
-                if dep not in value:
-                    raise ValueError(f"{name}.depends_on names {dep!r}, which is not in services")
+        problems = service_problems({name: {"depends_on": s.depends_on} for name, s in value.items()}, hooks=None)
+        if problems:
+            raise ValueError("\n".join(problems))
         return value
 
     @model_validator(mode="after")
@@ -343,13 +339,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _hooks_runnable(self) -> Settings:
         """Every service's hooks must turn into chart values: refuse at startup, not at the first PR."""
-        from devstack.hooks.values import hook_values
-
-        for name, service in self.services.items():
-            try:
-                hook_values(service=name, declared=service.hooks, platform=self.hooks)
-            except ConfigError as exc:
-                raise ValueError(str(exc)) from None
+        problems = service_problems({name: {"hooks": s.hooks} for name, s in self.services.items()},
+                                    hooks=self.hooks)
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     def repo_allowed(self, repo: str) -> bool:
@@ -426,15 +419,80 @@ def load_settings(path: Path | None = None, *, overrides: Mapping[str, Any] | No
         return Settings(**data)
     except ValidationError as exc:
         source = f"config file {path}" if path else "configuration"
-        raise ConfigError(format_validation_error(exc, source=source)) from None
+        # Pydantic stops at the first failing layer (fields before the checks across them), so the
+        # catalog's own checks run on the raw data too: every problem is reported in one run.
+        services = data.get("services")
+        extra = service_problems(services, hooks=_platform_hooks(data)) if isinstance(services, dict) else []
+        raise ConfigError(format_validation_error(exc, source=source, extra=extra)) from None
 
 
-def format_validation_error(exc: ValidationError, *, source: str) -> str:
-    lines = [f"invalid {source}:"]
+def _platform_hooks(data: Mapping[str, Any]) -> HooksSettings | None:
+    try:
+        return HooksSettings(**(data.get("hooks") or {}))
+    except (ValidationError, TypeError):
+        return None  # reported by pydantic already; hooks are then checked for their names only
+
+
+def service_problems(services: Mapping[str, Any], *, hooks: HooksSettings | None) -> list[str]:
+    """Every problem of the catalog's service names, ``depends_on`` and hooks, one line each, named by
+    key path, with the closest name where it looks like a typo. ``hooks=None``: hooks not checked."""
+    from devstack.hooks.values import did_you_mean, hook_values
+
+    problems = []
+    names = [str(name) for name in services]
+    for name in names:
+        problem = service_name_problem(name)
+        if problem:
+            problems.append(f"services.{name}: service name {name!r} {problem}")
+    for name, service in services.items():
+        if not isinstance(service, Mapping):
+            continue
+        depends_on = service.get("depends_on") or []
+        for dep in depends_on if isinstance(depends_on, list) else []:
+            if dep not in services:
+                problems.append(f"services.{name}.depends_on: names {dep!r}, which is not in services"
+                                f"{did_you_mean([str(dep)], names)}")
+        declared = service.get("hooks")
+        if declared and hooks is not None:
+            try:
+                hook_values(service=str(name), declared=declared, platform=hooks)
+            except ConfigError as exc:
+                problems.append(f"services.{name}.hooks: {str(exc).removeprefix(f'service {name!r}: ')}")
+    return problems
+
+
+def format_validation_error(exc: ValidationError, *, source: str, extra: Sequence[str] = ()) -> str:
+    lines: list[str] = []
     for error in exc.errors(include_url=False, include_input=False):
         key = ".".join(str(part) for part in error["loc"]) or "(top level)"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        lines.append(f"  {key}: {message}")
-    return "\n".join(lines)
+            message = "unknown key" + _closest_key(error["loc"])
+        if message.startswith("services."):  # the catalog's checks: already one key path per line
+            lines.extend(message.splitlines())
+        else:
+            lines.append(f"{key}: {message}")
+    lines.extend(line for line in extra if line not in lines)
+    lines.sort(key=lambda line: line.partition(": ")[0])  # by key path, so a section's problems sit together
+    return "\n".join([f"invalid {source}:",
+                      *(f"  {line}" for line in lines)])
+
+
+def _closest_key(loc: Sequence[int | str]) -> str:
+    """`` (did you mean 'depends_on'?)`` for an unknown key, from the keys its model knows."""
+    from devstack.hooks.values import did_you_mean
+
+    model: type[BaseModel] = Settings
+    parts = list(loc[:-1])
+    while parts:
+        part = parts.pop(0)
+        if model is Settings and part == "services":
+            model = ServiceSettings
+            parts = parts[1:]  # the service's name
+            continue
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    return did_you_mean([str(loc[-1])], list(model.model_fields))

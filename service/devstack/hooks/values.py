@@ -18,8 +18,9 @@ know); :func:`object_name` and :func:`redis_name` are their Python twins, for te
 
 from __future__ import annotations
 
+import difflib
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from devstack.errors import ConfigError
@@ -31,6 +32,12 @@ MAX_NAMES = 50
 REDIS_PORT = 6379
 _NAME_MAX = 63
 _HASH_LEN = 6
+
+
+def did_you_mean(wrong: Sequence[str], known: Iterable[str]) -> str:
+    """`` (did you mean 'postgres'?)`` for the closest known name of the first wrong one, else ``''``."""
+    close = difflib.get_close_matches(wrong[0], list(known), n=1, cutoff=0.6) if wrong else []
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def hook_values(*, service: str, declared: Mapping[str, Any], platform: HooksSettings) -> dict[str, Any]:
@@ -46,8 +53,8 @@ def hook_values(*, service: str, declared: Mapping[str, Any], platform: HooksSet
     unknown = sorted(str(kind) for kind in declared if kind not in HOOK_KINDS)
     if unknown:
         raise ConfigError(
-            f"service {service!r}: unknown hook {', '.join(repr(k) for k in unknown)} "
-            f"(known: {', '.join(HOOK_KINDS)})"
+            f"service {service!r}: unknown hook {', '.join(repr(k) for k in unknown)}{did_you_mean(unknown, HOOK_KINDS)}"
+            f" (known: {', '.join(HOOK_KINDS)})"
         )
     postgres = _flag(service, declared, "postgres")
     redis = _flag(service, declared, "redis")
