@@ -53,8 +53,8 @@ def hook_values(*, service: str, declared: Mapping[str, Any], platform: HooksSet
     unknown = sorted(str(kind) for kind in declared if kind not in HOOK_KINDS)
     if unknown:
         raise ConfigError(
-            f"service {service!r}: unknown hook {', '.join(repr(k) for k in unknown)}{did_you_mean(unknown, HOOK_KINDS)}"
-            f" (known: {', '.join(HOOK_KINDS)})"
+            f"service {service!r}: unknown hook {', '.join(repr(k) for k in unknown)}"
+            f"{did_you_mean(unknown, HOOK_KINDS)} (known: {', '.join(HOOK_KINDS)})"
         )
     postgres = _flag(service, declared, "postgres")
     redis = _flag(service, declared, "redis")
