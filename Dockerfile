@@ -21,7 +21,7 @@ COPY templates/ templates/
 COPY argocd/ argocd/
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
-    && wheel="$(find /wheels -name 'devstack-*.whl' -print -quit)" \
+    && wheel="$(find /wheels -name 'devstack_previews-*.whl' -print -quit)" \
     && /opt/devstack/bin/pip install "${wheel}[hooks]" \
     && /opt/devstack/bin/devstack --version
 

@@ -27,7 +27,7 @@ from devstack.catalog import Settings
 from devstack.events import Provider, PullRequestEvent, PullRequestState
 
 kubernetes_validate = pytest.importorskip(
-    "kubernetes_validate", reason="the render extra is not installed: pip install 'devstack[render]'"
+    "kubernetes_validate", reason="the render extra is not installed: pip install -e '.[render]'"
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

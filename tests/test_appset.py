@@ -31,7 +31,7 @@ from tests.render_helpers import (
     validate_manifest,
 )
 
-pytest.importorskip("helm_python", reason="the render extra is not installed: pip install 'devstack[render]'")
+pytest.importorskip("helm_python", reason="the render extra is not installed: pip install -e '.[render]'")
 from devstack import render
 
 SERVICES = ARGOCD_DIR / "applicationset.yaml"
@@ -384,7 +384,7 @@ def test_cli_without_helm_says_how_to_install_it(
     monkeypatch.setitem(sys.modules, "helm_python", None)  # import helm_python now raises ImportError
     code, out, err = run_cli(["render", str(path), "--repo-root", str(REPO_ROOT)], capsys)
     assert code == 2 and out == ""
-    assert "pip install 'devstack[render]'" in err
+    assert "pip install -e '.[render]'" in err
 
 
 def test_cli_needs_an_entry_file_or_an_event(capsys: pytest.CaptureFixture[str]) -> None:

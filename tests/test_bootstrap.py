@@ -289,7 +289,7 @@ def test_the_wheel_carries_the_chart_and_argocd(tmp_path: Path) -> None:
                                                                      "__pycache__", "tests", "bench", ".devstack"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                     "-w", str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=240)
-    wheel = next((tmp_path / "dist").glob("devstack-*.whl"))
+    wheel = next((tmp_path / "dist").glob("devstack_previews-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         for relative, path in bundle.bundle_files(REPO_ROOT).items():
@@ -306,7 +306,7 @@ def test_the_wheel_carries_the_chart_and_argocd(tmp_path: Path) -> None:
 def test_the_platform_values_file_reaches_the_rendered_manifests(settings: Settings, tmp_path: Path) -> None:
     """Both ApplicationSets read values-platform.yaml beside the chart's values (the entry wins over it);
     without it they render with the chart's defaults (ignoreMissingValueFiles)."""
-    pytest.importorskip("helm_python", reason="the render extra is not installed: pip install 'devstack[render]'")
+    pytest.importorskip("helm_python", reason="the render extra is not installed: pip install -e '.[render]'")
     from devstack import render
     from devstack.planner import plan
     from tests.render_helpers import mark_namespace_owner, pr_event

@@ -13,7 +13,7 @@ import yaml
 
 from tests.render_helpers import CHART_DIR, SHA, validate_all
 
-helm = pytest.importorskip("helm_python", reason="the render extra is not installed: pip install 'devstack[render]'")
+helm = pytest.importorskip("helm_python", reason="the render extra is not installed: pip install -e '.[render]'")
 
 FEATURE = "login-fix"
 NAMESPACE = "preview-login-fix"

@@ -29,7 +29,7 @@ from tests.render_helpers import ARGOCD_DIR, CHART_DIR, REPO_ROOT, pr_event, val
 from tests.render_helpers import settings as catalog_settings
 from tests.test_chart import FEATURE, NAMESPACE, entry_values, render
 
-helm = pytest.importorskip("helm_python", reason="the render extra is not installed: pip install 'devstack[render]'")
+helm = pytest.importorskip("helm_python", reason="the render extra is not installed: pip install -e '.[render]'")
 
 SERVICE = "payments-api"
 BASE = "payments"

@@ -234,7 +234,7 @@ def _browser_or_skip() -> Any:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        missing.append("the Python package playwright (pip install 'devstack[test]')")
+        missing.append("the Python package playwright (pip install -e '.[test]')")
     if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
         missing.append(f"Chromium at {CHROMIUM} (apt-get install chromium)")
     if missing:

@@ -17,7 +17,7 @@ from devstack.catalog import load_settings
 from tests.kube_stand_in import KubeStandIn
 from tests.render_helpers import REPO_ROOT, validate_all
 
-helm = pytest.importorskip("helm_python", reason="the render extra is not installed: pip install 'devstack[render]'")
+helm = pytest.importorskip("helm_python", reason="the render extra is not installed: pip install -e '.[render]'")
 
 CHART = REPO_ROOT / "manifests" / "helm" / "devstack"
 NAMESPACE = "devstack"

@@ -69,7 +69,9 @@ from devstack.events import PullRequestEvent
 logger = logging.getLogger(__name__)
 
 APPSET_FILES = ("applicationset.yaml", "applicationset-namespaces.yaml")
-RENDER_EXTRA = "pip install 'devstack[render]'"
+RENDER_EXTRA = (  # the distribution is devstack-previews: a PyPI project named devstack is unrelated
+    "pip install -e '.[render]' (in a devstack checkout) or pip install 'devstack-previews[render]'"
+)
 _FINALIZER = "resources-finalizer.argocd.argoproj.io"
 _DEFINE = "argo."
 _INVALID_DNS_CHARS = re.compile(r"[^-a-z0-9.]")
