@@ -243,3 +243,85 @@ def test_queries_stay_bounded_with_many_rows(tmp_path: Path) -> None:
     assert len(journal.feedback(limit=20)) == 20
     assert len(journal.dead_feedback(limit=30)) == 30
     assert len(journal.feedback_of([f"github:a#{i}" for i in range(0, 3000, 2)])) == 750
+
+
+# --- one comment state per PR, newest wins (issue 12.5) -------------------------------------------
+
+PR_KEY = "github:acme/payments#42"
+
+
+def _state(sha: str, expires: str, *, notes: tuple[str, ...] = (), warning: str = "") -> dict[str, object]:
+    return {"status": "active", "sha": sha, "expires_at": expires, "notes": list(notes), "warning": warning,
+            "feature": "login-fix"}
+
+
+def _applied(journal: Journal, delivery: str, payload: dict[str, object]) -> int:
+    """Record and apply one delivery whose planned feedback is ``payload``; returns its seq."""
+    journal.record(delivery_id=delivery, provider="github", event="pull_request", pr=PR_KEY, payload="{}")
+    [row] = [d for d in journal.take_batch(limit=10) if d.delivery_id == delivery]
+    journal.complete({row.seq: "applied"}, feedback=[(PR_KEY, "github", payload)])
+    return row.seq
+
+
+def test_a_reaper_warning_from_an_older_snapshot_never_brings_back_an_older_sha_or_expiry(tmp_path: Path) -> None:
+    """Defect pinned (12.5): the reaper rendered its warning from its own (older) snapshot and replaced
+    the newer comment state: the old sha and expiry came back. The warning now goes onto the latest
+    state, and only while that state still has the expiry warned about."""
+    journal = Journal(tmp_path / "j.sqlite3")
+    _applied(journal, "push-1", _state("a" * 40, "2026-12-05T10:00:00Z"))
+    _applied(journal, "push-2", _state("b" * 40, "2026-12-08T10:00:00Z", notes=("TTL capped at 2w",)))
+    stale = _state("a" * 40, "2026-12-05T10:00:00Z", warning="expires at 2026-12-05 10:00 UTC")
+    journal.warn([("login-fix", "2026-12-05T10:00:00Z", [(PR_KEY, "github", stale)])])
+    [item] = journal.feedback(PR_KEY)
+    assert item.payload["sha"] == "b" * 40 and item.payload["expires_at"] == "2026-12-08T10:00:00Z"
+    assert item.payload["warning"] == ""  # extended meanwhile: the warning is stale, nothing sent
+    assert item.payload["notes"] == ["TTL capped at 2w"]
+
+    due = _state("a" * 40, "2026-12-08T10:00:00Z", warning="expires at 2026-12-08 10:00 UTC")  # old sha again
+    journal.warn([("login-fix", "2026-12-08T10:00:00Z", [(PR_KEY, "github", due)])])
+    [item] = journal.feedback(PR_KEY)
+    assert item.payload["sha"] == "b" * 40  # the latest state, with the warning added
+    assert item.payload["warning"] == "expires at 2026-12-08 10:00 UTC"
+    assert item.payload["notes"] == ["TTL capped at 2w"] and item.status == "pending"
+
+
+def test_an_older_state_never_overwrites_a_newer_one(tmp_path: Path) -> None:
+    """Two batches completing out of order (a retry of an older delivery after a newer one was applied):
+    the state of the newer delivery stays."""
+    journal = Journal(tmp_path / "j.sqlite3")
+    journal.record(delivery_id="old", provider="github", event="pull_request", pr=PR_KEY, payload="{}")
+    journal.record(delivery_id="new", provider="github", event="pull_request", pr=PR_KEY, payload="{}")
+    old, new = journal.take_batch(limit=10)
+    journal.complete({new.seq: "applied"}, feedback=[(PR_KEY, "github", _state("b" * 40, "2026-12-08T10:00:00Z"))])
+    journal.complete({old.seq: "applied"}, feedback=[(PR_KEY, "github", _state("a" * 40, "2026-12-05T10:00:00Z"))])
+    [item] = journal.feedback(PR_KEY)
+    assert item.payload["sha"] == "b" * 40
+
+
+def test_a_live_status_update_re_renders_the_latest_state_with_its_notes(tmp_path: Path) -> None:
+    """Defect pinned (12.5): an Argo CD status update re-rendered the comment from the worker's snapshot,
+    dropping the planner's notes (and could bring back an older state). It now re-sends the latest
+    state as it is; the live status is read when the comment is rendered."""
+    journal = Journal(tmp_path / "j.sqlite3")
+    _applied(journal, "push", _state("b" * 40, "2026-12-08T10:00:00Z", notes=("TTL capped at 2w",)))
+    [sent] = journal.take_feedback(limit=10)
+    journal.feedback_sent(sent, body="...")
+    snapshot = _state("a" * 40, "2026-12-05T10:00:00Z")  # what an older snapshot would say
+    journal.refresh_feedback(pr=PR_KEY, provider="github", fallback=snapshot)
+    [item] = journal.take_feedback(limit=10)
+    assert item.version == sent.version + 1
+    assert item.payload == _state("b" * 40, "2026-12-08T10:00:00Z", notes=("TTL capped at 2w",))
+    journal.refresh_feedback(pr="github:acme/payments#7", provider="github", fallback=snapshot)
+    assert journal.feedback("github:acme/payments#7")[0].payload == snapshot  # no state yet: the fallback
+
+
+def test_a_new_state_with_the_same_expiry_keeps_the_reaper_warning(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+    _applied(journal, "push", _state("b" * 40, "2026-12-08T10:00:00Z"))
+    warned = _state("b" * 40, "2026-12-08T10:00:00Z", warning="expires soon")
+    journal.warn([("login-fix", "2026-12-08T10:00:00Z", [(PR_KEY, "github", warned)])])
+    _applied(journal, "labeled", _state("b" * 40, "2026-12-08T10:00:00Z", notes=("label added",)))
+    [item] = journal.feedback(PR_KEY)
+    assert item.payload["warning"] == "expires soon" and item.payload["notes"] == ["label added"]
+    _applied(journal, "pushed", _state("c" * 40, "2026-12-11T10:00:00Z"))  # extended: the warning goes
+    assert journal.feedback(PR_KEY)[0].payload["warning"] == ""

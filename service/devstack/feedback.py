@@ -182,17 +182,20 @@ class FeedbackSender:
         self._clients = clients
         self._metrics = metrics or Metrics()
         self._live = live  # Argo CD's view of a feature: (phase, reason), when devstack can read it
-        # provider -> monotonic time until which it asked us to wait (rate limit, Retry-After): the limit is
-        # the token's, so no request for any PR goes out before then.
+        # lane -> monotonic time until which it asked us to wait (rate limit, Retry-After). A lane is a
+        # provider's client (one token or GitHub App installation per provider): the limit is the
+        # token's, so no request of that lane goes out before then; the other lanes go on.
         self._paused: dict[str, float] = {}
 
     def run_once(self, *, limit: int = 20) -> int:
         """Send what is due; returns how many items were handled (sent, recorded or failed)."""
-        items = self._journal.take_feedback(limit=limit)
+        now = time.monotonic()
+        paused = {lane for lane, until in self._paused.items() if until > now}
+        items = self._journal.take_feedback(limit=limit, skip=paused)  # a paused lane never starves another
         handled = 0
         for item in items:
             if self._paused.get(item.provider, 0.0) > time.monotonic():
-                continue  # not an attempt: it waits for the pause like the item that hit the limit
+                continue  # paused meanwhile: not an attempt, it waits like the item that hit the limit
             handled += 1
             with bind(pr=item.pr, provider=item.provider):
                 self._send(item)

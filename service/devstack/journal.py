@@ -72,7 +72,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     next_attempt_at REAL NOT NULL DEFAULT 0,
     last_error TEXT NOT NULL DEFAULT '',
     updated_at REAL NOT NULL,
-    sent_body TEXT NOT NULL DEFAULT ''
+    sent_body TEXT NOT NULL DEFAULT '',
+    state_seq INTEGER NOT NULL DEFAULT 0  -- the newest delivery (seq) the state reflects: never goes back
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (status, next_attempt_at);
 CREATE TABLE IF NOT EXISTS approvals (
@@ -174,6 +175,9 @@ class Journal:
         if columns and "claimed_by" not in columns:  # a journal written before claims existed
             self._db.execute("ALTER TABLE deliveries ADD COLUMN claimed_by TEXT NOT NULL DEFAULT ''")
             self._db.execute("ALTER TABLE deliveries ADD COLUMN claim_expires REAL NOT NULL DEFAULT 0")
+        outbox = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if outbox and "state_seq" not in outbox:  # a journal written before the outbox had state versions
+            self._db.execute("ALTER TABLE outbox ADD COLUMN state_seq INTEGER NOT NULL DEFAULT 0")
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -394,8 +398,9 @@ class Journal:
                 [(outcome[:500], now, seq) for seq, outcome in outcomes.items()],
             )
             queued = 0
+            state_seq = max(outcomes, default=0)  # the newest delivery this batch's states reflect
             for pr, provider, payload in feedback:
-                _enqueue(db, pr=pr, provider=provider, payload=payload, now=now)
+                _enqueue(db, pr=pr, provider=provider, payload=payload, now=now, state_seq=state_seq)
                 queued += 1
         if queued:
             self.signal("feedback")
@@ -560,12 +565,24 @@ class Journal:
 
     def warn(self, warnings: Sequence[tuple[str, str, Sequence[tuple[str, str, dict[str, Any]]]]]) -> None:
         """For each (feature, expiry, feedback): queue the warning comments and remember the warning,
-        all in one transaction."""
+        all in one transaction.
+
+        The warning is added to each PR's *latest* state in the outbox (its sha, expiry and notes stay):
+        the reaper's snapshot may be older than what the worker queued since, and an older state never
+        replaces a newer one. A PR whose latest state has another expiry (extended meanwhile) is not
+        warned; the given ``feedback`` is used only for a PR that has no state in the outbox yet."""
         now = self._clock()
         with self._tx() as db:
             for feature, expires_at, feedback in warnings:
                 for pr, provider, payload in feedback:
-                    _enqueue(db, pr=pr, provider=provider, payload=payload, now=now)
+                    row = db.execute("SELECT payload FROM outbox WHERE pr = ?", (pr,)).fetchone()
+                    if row is None:
+                        _enqueue(db, pr=pr, provider=provider, payload=payload, now=now, state_seq=0)
+                        continue
+                    latest = json.loads(row["payload"])
+                    if latest.get("status") != "active" or latest.get("expires_at") != expires_at:
+                        continue  # the state moved on (extended, removed): the warning is stale
+                    _requeue(db, pr=pr, payload={**latest, "warning": payload.get("warning", "")}, now=now)
                 db.execute(
                     "INSERT INTO warnings (feature, expires_at) VALUES (?, ?) ON CONFLICT (feature) DO UPDATE"
                     " SET expires_at = excluded.expires_at",
@@ -581,18 +598,44 @@ class Journal:
 
 
     def enqueue_feedback(self, *, pr: str, provider: str, payload: dict[str, Any]) -> None:
+        """Queue feedback that is not a PR's state (a reply to a command): sent as given."""
         with self._tx() as db:
-            _enqueue(db, pr=pr, provider=provider, payload=payload, now=self._clock())
+            _enqueue(db, pr=pr, provider=provider, payload=payload, now=self._clock(), state_seq=0)
         self.signal("feedback")
 
-    def take_feedback(self, *, limit: int) -> list[OutboxItem]:
-        rows = self._query(
-            "SELECT o.*, s.comment_id, COALESCE(s.deployed_sha, '') AS deployed_sha FROM outbox o"
-            " LEFT JOIN sticky s ON s.pr = o.pr"
-            " WHERE o.status = 'pending' AND o.next_attempt_at <= ? ORDER BY o.updated_at LIMIT ?",
-            (self._clock(), limit),
-        )
-        return [_outbox(row) for row in rows]
+    def refresh_feedback(self, *, pr: str, provider: str, fallback: dict[str, Any]) -> None:
+        """Render the PR's comment again (Argo CD's live status changed) from its *latest* state, notes
+        included; ``fallback`` (built from a snapshot) only when the PR has no state in the outbox yet."""
+        now = self._clock()
+        with self._tx() as db:
+            row = db.execute("SELECT payload FROM outbox WHERE pr = ?", (pr,)).fetchone()
+            if row is None:
+                _enqueue(db, pr=pr, provider=provider, payload=fallback, now=now, state_seq=0)
+            else:
+                _requeue(db, pr=pr, payload=json.loads(row["payload"]), now=now)
+        self.signal("feedback")
+
+    def take_feedback(self, *, limit: int, skip: Iterable[str] = ()) -> list[OutboxItem]:
+        """Feedback due now, at most ``limit`` per provider lane, none of the lanes in ``skip`` (a
+        provider that asked to wait): one lane's backlog never hides another's items.
+
+        Within a lane, what a human waits for first: replies to commands and first comments, then
+        edits of existing comments; oldest first within each.
+        """
+        skipped = sorted(set(skip))
+        lanes = [row["provider"] for row in self._query(
+            "SELECT DISTINCT provider FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?", (self._clock(),)
+        ) if row["provider"] not in skipped]
+        items: list[OutboxItem] = []
+        for lane in sorted(lanes):
+            rows = self._query(
+                self._FEEDBACK + " WHERE o.status = 'pending' AND o.next_attempt_at <= ? AND o.provider = ?"
+                " ORDER BY CASE WHEN o.pr LIKE 'reply:%' OR s.comment_id IS NULL THEN 0 ELSE 1 END, o.updated_at"
+                " LIMIT ?",
+                (self._clock(), lane, limit),
+            )
+            items += [_outbox(row) for row in rows]
+        return items
 
     _FEEDBACK = (
         "SELECT o.*, s.comment_id, COALESCE(s.deployed_sha, '') AS deployed_sha FROM outbox o"
@@ -689,12 +732,35 @@ def _kind(payload: str) -> str:
     return str(data.get("kind", "")) if isinstance(data, dict) else ""
 
 
-def _enqueue(db: sqlite3.Connection, *, pr: str, provider: str, payload: dict[str, Any], now: float) -> None:
+def _enqueue(
+    db: sqlite3.Connection, *, pr: str, provider: str, payload: dict[str, Any], now: float, state_seq: int
+) -> None:
+    """Make ``payload`` the PR's state to send, unless the outbox holds a newer one (a higher
+    ``state_seq``): an older state never overwrites a newer one. A reaper warning about the same expiry
+    is kept across a new state (the warning is still true)."""
+    row = db.execute("SELECT payload, state_seq FROM outbox WHERE pr = ?", (pr,)).fetchone()
+    if row is not None and state_seq and state_seq < row["state_seq"]:
+        return
+    if row is not None and payload.get("status") == "active" and not payload.get("warning"):
+        previous = json.loads(row["payload"])
+        if previous.get("warning") and previous.get("expires_at") == payload.get("expires_at"):
+            payload = {**payload, "warning": previous["warning"]}
     db.execute(
-        "INSERT INTO outbox (pr, provider, payload, version, status, updated_at) VALUES (?, ?, ?, 1, 'pending', ?)"
+        "INSERT INTO outbox (pr, provider, payload, version, status, updated_at, state_seq)"
+        " VALUES (?, ?, ?, 1, 'pending', ?, ?)"
         " ON CONFLICT (pr) DO UPDATE SET payload = excluded.payload, version = outbox.version + 1,"
-        " status = 'pending', attempts = 0, next_attempt_at = 0, last_error = '', updated_at = excluded.updated_at",
-        (pr, provider, json.dumps(payload, sort_keys=True), now),
+        " status = 'pending', attempts = 0, next_attempt_at = 0, last_error = '', updated_at = excluded.updated_at,"
+        " state_seq = MAX(outbox.state_seq, excluded.state_seq)",
+        (pr, provider, json.dumps(payload, sort_keys=True), now, state_seq),
+    )
+
+
+def _requeue(db: sqlite3.Connection, *, pr: str, payload: dict[str, Any], now: float) -> None:
+    """Send the PR's state again (a new version), keeping its ``state_seq``."""
+    db.execute(
+        "UPDATE outbox SET payload = ?, version = version + 1, status = 'pending', attempts = 0,"
+        " next_attempt_at = 0, last_error = '', updated_at = ? WHERE pr = ?",
+        (json.dumps(payload, sort_keys=True), now, pr),
     )
 
 

@@ -327,6 +327,8 @@ class Runtime:
             return
         logger.info("preview %s is %s%s", feature, status.phase.value, f": {status.reason}" if status.reason else "")
         for key in sorted({k for e in elements for k in e["requestedBy"] if k.startswith(("github:", "gitlab:"))}):
+            # The live status is read when the comment is rendered: re-send the PR's latest state (its
+            # notes and warning included); the snapshot is only a fallback for a PR with no state yet.
             feedback = stack_feedback(key=key, elements=elements, catalog=self.settings)
-            self.journal.enqueue_feedback(pr=key, provider=feedback.pr.provider.value,
-                                          payload=feedback_to_dict(feedback))
+            self.journal.refresh_feedback(pr=key, provider=feedback.pr.provider.value,
+                                          fallback=feedback_to_dict(feedback))

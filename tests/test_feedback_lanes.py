@@ -1,0 +1,98 @@
+"""Feedback lanes (issue 12.7): a provider's rate limit never starves another provider, and within a
+lane what a human waits for goes first. The provider APIs are stand-ins here (they cannot run on
+this machine); the journal, the outbox and the sender are the real ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from devstack.catalog import load_settings
+from devstack.errors import ProviderError
+from devstack.events import Provider, PullRequestRef
+from devstack.feedback import FeedbackSender, feedback_to_dict
+from devstack.journal import Journal
+from devstack.planner import Feedback, ServiceLink
+
+
+def _feedback(provider: Provider, repo: str, number: int) -> Feedback:
+    pr = PullRequestRef(provider=provider, repo=repo, number=number)
+    return Feedback(pr=pr, pr_url="", status="active", feature=f"f{number}", sha="a" * 40,
+                    header="x-devstack-feature", expires_at="2026-12-08T10:00:00Z",
+                    services=(ServiceLink(service="api", url=f"https://f{number}--api.example.com",
+                                          image="ghcr.io/acme/api:" + "a" * 40, source=pr.key),))
+
+
+class RateLimited:
+    """GitHub answering every request with a 403 rate limit (reset in an hour)."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def upsert_comment(self, **_: object) -> int:
+        self.attempts += 1
+        raise ProviderError("GitHub: 403 API rate limit exceeded", delay=3600)
+
+    def deploy(self, **_: object) -> int:
+        raise AssertionError("not reached")
+
+    def deactivate(self, **_: object) -> int:
+        raise AssertionError("not reached")
+
+    def reply(self, **_: object) -> int:
+        self.attempts += 1
+        raise ProviderError("GitHub: 403 API rate limit exceeded", delay=3600)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.notes: list[tuple[str, int]] = []
+
+    def upsert_comment(self, *, repo: str, number: int, **_: object) -> int:
+        self.notes.append((repo, number))
+        return 100 + number
+
+    def deploy(self, **_: object) -> int:
+        return 1
+
+    def deactivate(self, **_: object) -> int:
+        return 1
+
+    def reply(self, *, repo: str, number: int, **_: object) -> int:
+        self.notes.append((repo, -number))
+        return 1
+
+
+def test_a_github_rate_limit_never_starves_gitlab(tmp_path: Path) -> None:
+    """Defect pinned (12.7): with GitHub rate-limited, 50 GitHub items filled every pass (the outbox was
+    read oldest first, 20 at a time, then skipped), so GitLab got 0 notes in 50 passes."""
+    journal = Journal(tmp_path / "j.sqlite3")
+    for n in range(1, 51):
+        f = _feedback(Provider.GITHUB, "acme/payments", n)
+        journal.enqueue_feedback(pr=f.pr.key, provider="github", payload=feedback_to_dict(f))
+    for n in range(1, 6):
+        f = _feedback(Provider.GITLAB, "platform/ledger", n)
+        journal.enqueue_feedback(pr=f.pr.key, provider="gitlab", payload=feedback_to_dict(f))
+    github, gitlab = RateLimited(), Recorder()
+    sender = FeedbackSender(settings=load_settings(None, overrides={"feedback": {"deployments": False}}),
+                            journal=journal, clients={"github": github, "gitlab": gitlab})
+    for _ in range(3):
+        sender.run_once(limit=20)
+    assert sorted(gitlab.notes) == [("platform/ledger", n) for n in range(1, 6)]
+    assert github.attempts == 1  # the lane paused after its first 403: no request until the reset
+    assert all(item.attempts <= 1 and item.status == "pending"
+               for item in journal.feedback() if item.provider == "github")
+
+
+def test_replies_and_first_comments_go_before_edits(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+    edited = _feedback(Provider.GITHUB, "acme/payments", 1)
+    journal.enqueue_feedback(pr=edited.pr.key, provider="github", payload=feedback_to_dict(edited))
+    [first] = journal.take_feedback(limit=10)
+    journal.feedback_sent(first, body="v1", comment_id=501)  # its comment exists: the next send is an edit
+    journal.enqueue_feedback(pr=edited.pr.key, provider="github", payload={**feedback_to_dict(edited), "sha": "b" * 40})
+    new = _feedback(Provider.GITHUB, "acme/payments", 2)
+    journal.enqueue_feedback(pr=new.pr.key, provider="github", payload=feedback_to_dict(new))
+    journal.enqueue_feedback(pr="reply:d9", provider="github",
+                             payload={"kind": "reply", "repo": "acme/payments", "number": 1, "body": "no"})
+    order = [item.pr for item in journal.take_feedback(limit=10)]
+    assert order == [new.pr.key, "reply:d9", edited.pr.key]  # the edit, enqueued first, goes last
