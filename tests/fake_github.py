@@ -262,9 +262,30 @@ class FakeGitHub:
         if failed:
             return failed
         _, did = self._groups(request, r"/repos/([^/]+/[^/]+)/deployments/(\d+)/statuses$")
+        if int(did) not in self.deployments:
+            return self._json(404, {"message": "Not Found"})
         status = {"id": self._id(), **body}
         self.statuses[int(did)].append(status)
+        self._auto_inactive(int(did), status)
         return self._json(201, status)
+
+    def _auto_inactive(self, did: int, status: dict[str, Any]) -> None:
+        """GitHub's rule (REST docs, "Create a deployment status", ``auto_inactive``, default true): a new
+        ``success`` adds an ``inactive`` status to all prior non-transient, non-production deployments of
+        the same repository and environment that had a ``success`` state."""
+        deployment = self.deployments[did]
+        if status.get("state") != "success" or not status.get("auto_inactive", True):
+            return
+        for other_id, other in self.deployments.items():
+            if other_id >= did or other["repo"] != deployment["repo"]:
+                continue
+            if other.get("environment") != deployment.get("environment"):
+                continue
+            if other.get("transient_environment") or other.get("production_environment"):
+                continue
+            history = self.statuses.get(other_id, [])
+            if history and history[-1].get("state") == "success":
+                history.append({"id": self._id(), "state": "inactive", "description": "auto_inactive"})
 
     def _list_statuses(self, request: Any) -> tuple[int, dict[str, str], str]:
         _, _, failed = self._record(request)

@@ -58,7 +58,7 @@ def test_open_synchronize_merge(
     assert SHA1[:12] in comment["body"]
     [deployment] = github.deployments.values()
     assert deployment["environment"] == "preview/login-fix" and deployment["ref"] == SHA1
-    assert deployment["transient_environment"] is True
+    assert deployment["transient_environment"] is False  # so that auto_inactive applies (issue 14.2)
     assert github.statuses[deployment["id"]][-1]["environment_url"] == (
         "https://login-fix--payments-api.preview.example.com")
 

@@ -751,7 +751,7 @@ def test_upsert_refuses_a_body_without_the_marker(client: gh.GitHubClient) -> No
         client.upsert_comment(repo=REPO, number=42, body="no marker", marker=MARKER)
 
 
-def test_deploy_creates_a_transient_deployment_and_a_success_status(
+def test_deploy_creates_a_non_transient_deployment_and_a_success_status_with_auto_inactive(
     client: gh.GitHubClient, http: responses.RequestsMock, api: str
 ) -> None:
     url = "https://login-fix--payments-api.preview.example.com"
@@ -771,7 +771,7 @@ def test_deploy_creates_a_transient_deployment_and_a_success_status(
         "updated_at": "2025-11-20T09:14:00Z",
         "statuses_url": f"{base}/repos/{REPO}/deployments/555/statuses",
         "repository_url": f"{base}/repos/{REPO}",
-        "transient_environment": True,
+        "transient_environment": False,
         "production_environment": False,
     }
     http.post(f"{api}/repos/{REPO}/deployments", json=deployment, status=201)
@@ -803,7 +803,7 @@ def test_deploy_creates_a_transient_deployment_and_a_success_status(
                 "ref": SHA,
                 "environment": "preview/login-fix",
                 "description": "Preview of acme/payments#42",
-                "transient_environment": True,
+                "transient_environment": False,  # auto_inactive applies only to non-transient environments
                 "production_environment": False,
                 "auto_merge": False,
                 "required_contexts": [],
@@ -812,9 +812,23 @@ def test_deploy_creates_a_transient_deployment_and_a_success_status(
         (
             "POST",
             f"{p}/repos/{REPO}/deployments/555/statuses",
-            {"state": "success", "environment_url": url, "description": "Preview of acme/payments#42"},
+            {"state": "success", "environment_url": url, "description": "Preview of acme/payments#42",
+             "auto_inactive": True},
         ),
     ]
+
+
+def test_deactivate_with_the_latest_deployment_id_is_one_write(
+    client: gh.GitHubClient, http: responses.RequestsMock, api: str
+) -> None:
+    """Issue 14.2: closing a PR touches only its latest deployment (auto_inactive made the earlier ones
+    inactive), one request whatever its history; a deployment that is gone is nothing to do."""
+    http.post(f"{api}/repos/{REPO}/deployments/555/statuses", json={"id": 9002, "state": "inactive"}, status=201)
+    assert client.deactivate(repo=REPO, environment="preview/login-fix", deployment_id=555) == 1
+    assert sent(http) == [("POST", f"{prefix(api)}/repos/{REPO}/deployments/555/statuses",
+                           {"state": "inactive", "description": "Preview removed"})]
+    http.post(f"{api}/repos/{REPO}/deployments/556/statuses", json={"message": "Not Found"}, status=404)
+    assert client.deactivate(repo=REPO, environment="preview/login-fix", deployment_id=556) == 0
 
 
 def test_deploy_clips_long_descriptions_to_what_github_accepts(

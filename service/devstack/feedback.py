@@ -162,7 +162,7 @@ class FeedbackClient(Protocol):
     def deploy(self, *, repo: str, sha: str, environment: str, url: str, description: str) -> int:
         ...
 
-    def deactivate(self, *, repo: str, environment: str) -> int:
+    def deactivate(self, *, repo: str, environment: str, deployment_id: int | None = None) -> int:
         ...
 
     def reply(self, *, repo: str, number: int, body: str) -> int:
@@ -221,7 +221,7 @@ class FeedbackSender:
                 repo=feedback.pr.repo, number=feedback.pr.number, body=body, marker=MARKER,
                 comment_id=item.comment_id,
             )
-            deployed = self._deployment(client, feedback, item)
+            deployed, deployment_id = self._deployment(client, feedback, item)
         except TemporaryError as exc:
             self._metrics.feedback_failures.labels(item.provider, "temporary").inc()
             if exc.delay:
@@ -239,27 +239,31 @@ class FeedbackSender:
             )
             logger.error("feedback rejected (%s): dead letter", exc)
             return
-        self._journal.feedback_sent(item, body=body, comment_id=comment_id, deployed_sha=deployed)
+        self._journal.feedback_sent(item, body=body, comment_id=comment_id, deployed_sha=deployed,
+                                    deployment_id=deployment_id)
         self._metrics.feedback_sent.labels(item.provider).inc()
         logger.info("feedback sent: %s comment %s", feedback.status, comment_id)
 
-    def _deployment(self, client: FeedbackClient, feedback: Feedback, item: OutboxItem) -> str | None:
-        """Keep the provider's deployment/environment in step; returns the sha now deployed (or None)."""
+    def _deployment(
+        self, client: FeedbackClient, feedback: Feedback, item: OutboxItem
+    ) -> tuple[str | None, int | None]:
+        """Keep the provider's deployment/environment in step: one deployment per head sha, and on
+        removal only the latest one. Returns the sha now deployed and its deployment id (None: unchanged)."""
         if not self._settings.feedback.deployments:
-            return None
+            return None, None
         environment = f"preview/{feedback.feature}"
         if feedback.status != "active":
             if item.deployed_sha:
-                client.deactivate(repo=feedback.pr.repo, environment=environment)
-            return ""
+                client.deactivate(repo=feedback.pr.repo, environment=environment, deployment_id=item.deployment_id)
+            return "", None
         own = [link for link in feedback.services if link.source == feedback.pr.key]
         if not own or not feedback.sha or feedback.sha == item.deployed_sha:
-            return None
-        client.deploy(
+            return None, None
+        deployment_id = client.deploy(
             repo=feedback.pr.repo, sha=feedback.sha, environment=environment, url=own[0].url,
             description=f"devstack preview {feedback.feature}",
         )
-        return feedback.sha
+        return feedback.sha, deployment_id
 
     def run_forever(self, stop: threading.Event, *, interval: float = 0.5) -> None:
         drain_forever(stop, step=self.run_once, name="feedback sender",

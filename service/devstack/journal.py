@@ -90,7 +90,8 @@ CREATE TABLE IF NOT EXISTS sticky (
     pr TEXT PRIMARY KEY,
     comment_id INTEGER,
     deployed_sha TEXT NOT NULL DEFAULT '',
-    environment TEXT NOT NULL DEFAULT ''
+    environment TEXT NOT NULL DEFAULT '',
+    deployment_id INTEGER             -- the latest deployment made for the PR (closing touches only it)
 );
 """
 
@@ -129,6 +130,7 @@ class OutboxItem:
     sent_body: str
     comment_id: int | None
     deployed_sha: str
+    deployment_id: int | None = None
 
 
 DEFAULT_LEASE = 300.0
@@ -178,6 +180,9 @@ class Journal:
         outbox = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
         if outbox and "state_seq" not in outbox:  # a journal written before the outbox had state versions
             self._db.execute("ALTER TABLE outbox ADD COLUMN state_seq INTEGER NOT NULL DEFAULT 0")
+        sticky = {row[1] for row in self._db.execute("PRAGMA table_info(sticky)")}
+        if sticky and "deployment_id" not in sticky:  # a journal written before deployment ids were kept
+            self._db.execute("ALTER TABLE sticky ADD COLUMN deployment_id INTEGER")
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -638,7 +643,7 @@ class Journal:
         return items
 
     _FEEDBACK = (
-        "SELECT o.*, s.comment_id, COALESCE(s.deployed_sha, '') AS deployed_sha FROM outbox o"
+        "SELECT o.*, s.comment_id, COALESCE(s.deployed_sha, '') AS deployed_sha, s.deployment_id FROM outbox o"
         " LEFT JOIN sticky s ON s.pr = o.pr"
     )
 
@@ -664,7 +669,7 @@ class Journal:
 
     def feedback_sent(
         self, item: OutboxItem, *, body: str, status: str = "sent", comment_id: int | None = None,
-        deployed_sha: str | None = None,
+        deployed_sha: str | None = None, deployment_id: int | None = None,
     ) -> bool:
         """Complete the version that was sent; False when a newer version arrived meanwhile (it stays pending)."""
         with self._tx() as db:
@@ -680,6 +685,8 @@ class Journal:
                 db.execute("UPDATE sticky SET comment_id = ? WHERE pr = ?", (comment_id, item.pr))
             if deployed_sha is not None:
                 db.execute("UPDATE sticky SET deployed_sha = ? WHERE pr = ?", (deployed_sha, item.pr))
+            if deployment_id is not None:
+                db.execute("UPDATE sticky SET deployment_id = ? WHERE pr = ?", (deployment_id, item.pr))
             return cursor.rowcount == 1
 
     def feedback_failed(
@@ -777,4 +784,5 @@ def _outbox(row: sqlite3.Row) -> OutboxItem:
         pr=row["pr"], provider=row["provider"], payload=json.loads(row["payload"]), version=row["version"],
         status=row["status"], attempts=row["attempts"], last_error=row["last_error"], updated_at=row["updated_at"],
         sent_body=row["sent_body"], comment_id=row["comment_id"], deployed_sha=row["deployed_sha"],
+        deployment_id=row["deployment_id"],
     )

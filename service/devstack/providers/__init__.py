@@ -65,8 +65,9 @@ class ProviderClient(Protocol):
     def deploy(self, *, repo: str, sha: str, environment: str, url: str, description: str) -> int:
         """Point ``environment`` at ``url`` for ``sha`` (GitHub deployment, GitLab environment)."""
 
-    def deactivate(self, *, repo: str, environment: str) -> int:
-        """Mark ``environment`` inactive / stopped; return how many things changed."""
+    def deactivate(self, *, repo: str, environment: str, deployment_id: int | None = None) -> int:
+        """Mark ``environment`` inactive / stopped; return how many things changed. ``deployment_id``:
+        the latest deployment devstack made there (GitHub: the only one still active)."""
 
     def reply(self, *, repo: str, number: int, body: str) -> int:
         """Post a plain (non-sticky) comment."""

@@ -473,24 +473,49 @@ class GitHubClient:
     # -- deployments
 
     def deploy(self, *, repo: str, sha: str, environment: str, url: str, description: str) -> int:
-        """Create a transient Deployment of ``sha`` to ``environment`` with a ``success`` status."""
+        """Create a Deployment of ``sha`` to ``environment`` with a ``success`` status: two writes.
+
+        Not transient, so that GitHub's ``auto_inactive`` (which applies only to non-transient,
+        non-production environments) marks every earlier successful deployment of the environment
+        inactive when this one succeeds: only the latest is ever active, and removing the preview
+        touches that one alone (:meth:`deactivate`), whatever the PR's history.
+        """
         description = _clip(description)
         with self._calls(f"deployment of {repo}@{sha[:12]} to {environment}"):
             deployment = self._repo(repo).create_deployment(
                 ref=sha,
                 environment=environment,
                 description=description,
-                transient_environment=True,
+                transient_environment=False,
                 production_environment=False,
                 auto_merge=False,
                 required_contexts=[],
             )
-            deployment.create_status("success", environment_url=url, description=description)
+            deployment.create_status("success", environment_url=url, description=description, auto_inactive=True)
             logger.info("deployment %s of %s to %s is live at %s", deployment.id, repo, environment, url)
             return int(deployment.id)
 
-    def deactivate(self, *, repo: str, environment: str) -> int:
-        """Mark every active deployment of ``environment`` inactive; return how many changed."""
+    def deactivate(self, *, repo: str, environment: str, deployment_id: int | None = None) -> int:
+        """Mark ``environment`` inactive; return how many deployments changed.
+
+        With ``deployment_id`` (the latest deployment devstack made, the only one ``auto_inactive``
+        left active) that is one write, whatever the history. Without (a deployment made before devstack
+        remembered ids, or transient ones), every active deployment of the environment is walked.
+        """
+        if deployment_id is not None:
+            with self._calls(f"deactivating {environment} of {repo}"):
+                try:
+                    self._github.requester.requestJsonAndCheck(
+                        "POST", f"/repos/{repo}/deployments/{int(deployment_id)}/statuses",
+                        input={"state": "inactive", "description": "Preview removed"},
+                    )
+                except GithubException as exc:
+                    if exc.status != 404:
+                        raise
+                    logger.info("deployment %s of %s is gone: nothing to deactivate", deployment_id, repo)
+                    return 0
+            logger.info("deactivated deployment %s of %s in %s", deployment_id, environment, repo)
+            return 1
         changed = 0
         with self._calls(f"deactivating {environment} of {repo}"):
             for deployment in self._repo(repo).get_deployments(environment=environment):

@@ -632,8 +632,9 @@ class GitLabClient:
                 logger.info("environment %s of %s now points at %s: %s", environment, repo, url, sha[:12])
             return int(current.id)
 
-    def deactivate(self, *, repo: str, environment: str) -> int:
-        """Stop ``environment`` (every environment of that exact name); return how many were stopped."""
+    def deactivate(self, *, repo: str, environment: str, deployment_id: int | None = None) -> int:
+        """Stop ``environment`` (every environment of that exact name); return how many were stopped.
+        (``deployment_id`` is GitHub's; a GitLab environment is stopped by name.)"""
         changed = 0
         with self._calls(f"stopping {environment} of {repo}"):
             for current in self._environments(self._project(repo), environment):
