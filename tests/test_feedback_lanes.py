@@ -96,3 +96,59 @@ def test_replies_and_first_comments_go_before_edits(tmp_path: Path) -> None:
                              payload={"kind": "reply", "repo": "acme/payments", "number": 1, "body": "no"})
     order = [item.pr for item in journal.take_feedback(limit=10)]
     assert order == [new.pr.key, "reply:d9", edited.pr.key]  # the edit, enqueued first, goes last
+
+
+class Writes:
+    """A provider stand-in that logs every write in order (what it is, for which PR)."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, int]] = []
+
+    def upsert_comment(self, *, number: int, comment_id: int | None = None, **_: object) -> int:
+        self.log.append(("edit" if comment_id else "comment", number))
+        return 1000 + number
+
+    def deploy(self, *, sha: str, **_: object) -> int:
+        self.log.append(("deploy", int(sha[:8], 16)))
+        return 2000 + int(sha[:8], 16)
+
+    def deactivate(self, *, deployment_id: int | None = None, **_: object) -> int:
+        self.log.append(("deactivate", (deployment_id or 0) - 2000))
+        return 1
+
+    def reply(self, *, number: int, **_: object) -> int:
+        self.log.append(("reply", number))
+        return 1
+
+
+def _opened(number: int) -> Feedback:
+    pr = PullRequestRef(provider=Provider.GITHUB, repo="acme/payments", number=number)
+    return Feedback(pr=pr, pr_url="", status="active", feature=f"f{number}", sha=f"{number:08x}" + "0" * 32,
+                    header="x-devstack-feature", expires_at="2026-12-08T10:00:00Z",
+                    services=(ServiceLink(service="api", url=f"https://f{number}--api.example.com",
+                                          image="ghcr.io/acme/api:x", source=pr.key),))
+
+
+def test_under_a_burst_every_pr_gets_its_comment_before_any_deployment_write(tmp_path: Path) -> None:
+    """Issue 14.1: 25 PRs opened at once (more than one pass takes): all 25 comments are written before
+    the first deployment; a command reply and a PR opened while the deployments drain go next."""
+    journal = Journal(tmp_path / "j.sqlite3")
+    for n in range(1, 26):
+        f = _opened(n)
+        journal.enqueue_feedback(pr=f.pr.key, provider="github", payload=feedback_to_dict(f))
+    github = Writes()
+    sender = FeedbackSender(settings=load_settings(None), journal=journal, clients={"github": github})
+    arrived = False
+    while sender.run_once(limit=20):
+        if not arrived and len([w for w in github.log if w[0] == "deploy"]) == 3:  # mid-drain: two arrive
+            arrived = True
+            journal.enqueue_feedback(pr="reply:d1", provider="github",
+                                     payload={"kind": "reply", "repo": "acme/payments", "number": 3, "body": "ok"})
+            late = _opened(26)
+            journal.enqueue_feedback(pr=late.pr.key, provider="github", payload=feedback_to_dict(late))
+    kinds = [kind for kind, _ in github.log]
+    assert kinds[:25] == ["comment"] * 25
+    assert kinds[25:28] == ["deploy"] * 3
+    assert sorted(github.log[28:30]) == [("comment", 26), ("reply", 3)]  # before the remaining deployments
+    assert sorted(n for kind, n in github.log if kind == "deploy") == list(range(1, 27))  # one per head sha
+    assert journal.outbox_counts()["pending"] == 0

@@ -192,8 +192,13 @@ class FeedbackSender:
         now = time.monotonic()
         paused = {lane for lane, until in self._paused.items() if until > now}
         items = self._journal.take_feedback(limit=limit, skip=paused)  # a paused lane never starves another
+        # Deployments go after every comment of their lane: under a burst, each PR gets its comment
+        # (what a human waits for) before any deployment write spends the lane's budget.
+        # One deployment per lane per pass, so a comment that arrives meanwhile waits for one write at most.
+        busy = paused | {item.provider for item in items}
+        deployments = self._journal.take_feedback(limit=1, skip=busy, phase="deployment")
         handled = 0
-        for item in items:
+        for item in [*items, *deployments]:
             if self._paused.get(item.provider, 0.0) > time.monotonic():
                 continue  # paused meanwhile: not an attempt, it waits like the item that hit the limit
             handled += 1
@@ -217,11 +222,15 @@ class FeedbackSender:
                 self._journal.feedback_sent(item, body=body)
                 self._metrics.feedback_sent.labels(item.provider).inc()
                 return
+            if item.phase == "deployment":
+                deployed, deployment_id = self._deployment(client, feedback, item)
+                self._journal.feedback_sent(item, body=item.sent_body, deployed_sha=deployed,
+                                            deployment_id=deployment_id)
+                return
             comment_id = client.upsert_comment(
                 repo=feedback.pr.repo, number=feedback.pr.number, body=body, marker=MARKER,
                 comment_id=item.comment_id,
             )
-            deployed, deployment_id = self._deployment(client, feedback, item)
         except TemporaryError as exc:
             self._metrics.feedback_failures.labels(item.provider, "temporary").inc()
             if exc.delay:
@@ -239,10 +248,19 @@ class FeedbackSender:
             )
             logger.error("feedback rejected (%s): dead letter", exc)
             return
-        self._journal.feedback_sent(item, body=body, comment_id=comment_id, deployed_sha=deployed,
-                                    deployment_id=deployment_id)
+        self._journal.feedback_sent(item, body=body, comment_id=comment_id,
+                                    then_deploy=self._deployment_due(feedback, item))
         self._metrics.feedback_sent.labels(item.provider).inc()
         logger.info("feedback sent: %s comment %s", feedback.status, comment_id)
+
+    def _deployment_due(self, feedback: Feedback, item: OutboxItem) -> bool:
+        """Whether :meth:`_deployment` would write anything for this state."""
+        if not self._settings.feedback.deployments:
+            return False
+        if feedback.status != "active":
+            return bool(item.deployed_sha)
+        own = any(link.source == feedback.pr.key for link in feedback.services)
+        return own and bool(feedback.sha) and feedback.sha != item.deployed_sha
 
     def _deployment(
         self, client: FeedbackClient, feedback: Feedback, item: OutboxItem

@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error TEXT NOT NULL DEFAULT '',
     updated_at REAL NOT NULL,
     sent_body TEXT NOT NULL DEFAULT '',
-    state_seq INTEGER NOT NULL DEFAULT 0  -- the newest delivery (seq) the state reflects: never goes back
+    state_seq INTEGER NOT NULL DEFAULT 0, -- the newest delivery (seq) the state reflects: never goes back
+    phase TEXT NOT NULL DEFAULT 'comment' -- what is still to send: the comment, then the deployment
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (status, next_attempt_at);
 CREATE TABLE IF NOT EXISTS approvals (
@@ -131,6 +132,7 @@ class OutboxItem:
     comment_id: int | None
     deployed_sha: str
     deployment_id: int | None = None
+    phase: str = "comment"  # "comment", or "deployment" once the comment is out
 
 
 DEFAULT_LEASE = 300.0
@@ -180,6 +182,8 @@ class Journal:
         outbox = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
         if outbox and "state_seq" not in outbox:  # a journal written before the outbox had state versions
             self._db.execute("ALTER TABLE outbox ADD COLUMN state_seq INTEGER NOT NULL DEFAULT 0")
+        if outbox and "phase" not in outbox:  # ... before comments went out before deployments
+            self._db.execute("ALTER TABLE outbox ADD COLUMN phase TEXT NOT NULL DEFAULT 'comment'")
         sticky = {row[1] for row in self._db.execute("PRAGMA table_info(sticky)")}
         if sticky and "deployment_id" not in sticky:  # a journal written before deployment ids were kept
             self._db.execute("ALTER TABLE sticky ADD COLUMN deployment_id INTEGER")
@@ -620,24 +624,28 @@ class Journal:
                 _requeue(db, pr=pr, payload=json.loads(row["payload"]), now=now)
         self.signal("feedback")
 
-    def take_feedback(self, *, limit: int, skip: Iterable[str] = ()) -> list[OutboxItem]:
-        """Feedback due now, at most ``limit`` per provider lane, none of the lanes in ``skip`` (a
-        provider that asked to wait): one lane's backlog never hides another's items.
+    def take_feedback(self, *, limit: int, skip: Iterable[str] = (), phase: str = "comment") -> list[OutboxItem]:
+        """Feedback due now in ``phase`` (``comment``, or ``deployment`` once its comment is out), at
+        most ``limit`` per provider lane, none of the lanes in ``skip`` (a provider that asked to wait):
+        one lane's backlog never hides another's items.
 
         Within a lane, what a human waits for first: replies to commands and first comments, then
         edits of existing comments; oldest first within each.
         """
         skipped = sorted(set(skip))
+        now = self._clock()
         lanes = [row["provider"] for row in self._query(
-            "SELECT DISTINCT provider FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?", (self._clock(),)
+            "SELECT DISTINCT provider FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? AND phase = ?",
+            (now, phase),
         ) if row["provider"] not in skipped]
         items: list[OutboxItem] = []
         for lane in sorted(lanes):
             rows = self._query(
                 self._FEEDBACK + " WHERE o.status = 'pending' AND o.next_attempt_at <= ? AND o.provider = ?"
+                " AND o.phase = ?"
                 " ORDER BY CASE WHEN o.pr LIKE 'reply:%' OR s.comment_id IS NULL THEN 0 ELSE 1 END, o.updated_at"
                 " LIMIT ?",
-                (self._clock(), lane, limit),
+                (now, lane, phase, limit),
             )
             items += [_outbox(row) for row in rows]
         return items
@@ -669,14 +677,18 @@ class Journal:
 
     def feedback_sent(
         self, item: OutboxItem, *, body: str, status: str = "sent", comment_id: int | None = None,
-        deployed_sha: str | None = None, deployment_id: int | None = None,
+        deployed_sha: str | None = None, deployment_id: int | None = None, then_deploy: bool = False,
     ) -> bool:
-        """Complete the version that was sent; False when a newer version arrived meanwhile (it stays pending)."""
+        """Complete the version that was sent; False when a newer version arrived meanwhile (it stays pending).
+
+        ``then_deploy``: the comment is out, the deployment write is still to do: the row stays pending
+        in the ``deployment`` phase, which goes after every comment due in its lane."""
         with self._tx() as db:
             cursor = db.execute(
-                "UPDATE outbox SET status = ?, sent_body = ?, attempts = 0, last_error = ''"
-                " WHERE pr = ? AND version = ?",
-                (status, body, item.pr, item.version),
+                "UPDATE outbox SET status = ?, phase = ?, sent_body = ?, attempts = 0, last_error = '',"
+                " next_attempt_at = 0 WHERE pr = ? AND version = ?",
+                ("pending" if then_deploy else status, "deployment" if then_deploy else "comment", body,
+                 item.pr, item.version),
             )
             if cursor.rowcount == 0:
                 db.execute("UPDATE outbox SET sent_body = ? WHERE pr = ?", (body, item.pr))
@@ -757,7 +769,7 @@ def _enqueue(
         " VALUES (?, ?, ?, 1, 'pending', ?, ?)"
         " ON CONFLICT (pr) DO UPDATE SET payload = excluded.payload, version = outbox.version + 1,"
         " status = 'pending', attempts = 0, next_attempt_at = 0, last_error = '', updated_at = excluded.updated_at,"
-        " state_seq = MAX(outbox.state_seq, excluded.state_seq)",
+        " state_seq = MAX(outbox.state_seq, excluded.state_seq), phase = 'comment'",
         (pr, provider, json.dumps(payload, sort_keys=True), now, state_seq),
     )
 
@@ -766,7 +778,7 @@ def _requeue(db: sqlite3.Connection, *, pr: str, payload: dict[str, Any], now: f
     """Send the PR's state again (a new version), keeping its ``state_seq``."""
     db.execute(
         "UPDATE outbox SET payload = ?, version = version + 1, status = 'pending', attempts = 0,"
-        " next_attempt_at = 0, last_error = '', updated_at = ? WHERE pr = ?",
+        " next_attempt_at = 0, last_error = '', updated_at = ?, phase = 'comment' WHERE pr = ?",
         (json.dumps(payload, sort_keys=True), now, pr),
     )
 
@@ -784,5 +796,5 @@ def _outbox(row: sqlite3.Row) -> OutboxItem:
         pr=row["pr"], provider=row["provider"], payload=json.loads(row["payload"]), version=row["version"],
         status=row["status"], attempts=row["attempts"], last_error=row["last_error"], updated_at=row["updated_at"],
         sent_body=row["sent_body"], comment_id=row["comment_id"], deployed_sha=row["deployed_sha"],
-        deployment_id=row["deployment_id"],
+        deployment_id=row["deployment_id"], phase=row["phase"],
     )
