@@ -568,13 +568,15 @@ def wait_drained(srv: Server, *, expected_done: int, timeout: float) -> float:
 
 
 @contextmanager
-def standin(env: Env, workdir: Path) -> Iterator[str]:
-    """Run :mod:`bench.standin_github` in its own process on a loopback port; yields its base URL."""
+def standin(env: Env, workdir: Path, *, write_interval: float = 0.0) -> Iterator[str]:
+    """Run :mod:`bench.standin_github` in its own process on a loopback port; yields its base URL.
+    ``write_interval``: the stand-in refuses a token's writes closer together than this."""
     port = free_port()
     log = workdir / "standin.log"
     workdir.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bench.standin_github", "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "bench.standin_github", "--port", str(port),
+                                 "--write-interval", str(write_interval)],
                                 cwd=Path(__file__).resolve().parents[1], stdout=out, stderr=subprocess.STDOUT,
                                 env=env.vars)
     url = f"http://127.0.0.1:{port}"

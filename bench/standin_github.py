@@ -7,7 +7,11 @@ benchmark asks it, by long poll, when a comment first contained a given text:
 
 * ``GET /_bench/wait?contains=<text>&timeout=<s>``: ``{"at": <monotonic>, "comment": <id>}`` or 504;
 * ``GET /_bench/wait_status?sha=<sha>&timeout=<s>``: when a deployment of that sha got its first status;
-* ``GET /_bench/stats``: requests served, by method;
+* ``GET /_bench/stats``: requests served, by method and by kind (``POST deployment``, ``GET comments``...),
+  and the writes it refused;
+* with ``--write-interval S``, GitHub's advice is enforced: a write (POST/PATCH/PUT/DELETE) with a token
+  sooner than ``S`` seconds after that token's previous write is refused with a secondary rate limit
+  (403, ``Retry-After``), as GitHub does when an integrator goes faster than about one write a second;
 * ``POST /_bench/echo``: reads the body and answers 202: the floor of an HTTP round trip in Python on
   this machine right now (the acknowledgement scenario's baseline).
 """
@@ -38,6 +42,10 @@ class State:
         self.statuses: dict[int, list[dict[str, Any]]] = {}
         self.status_log: list[tuple[float, str]] = []  # (monotonic, deployment sha)
         self.calls: Counter[str] = Counter()
+        self.kinds: Counter[str] = Counter()  # "POST comment", "GET comments", ...
+        self.write_interval = 0.0
+        self.last_write: dict[str, float] = {}  # token -> monotonic time of its last accepted write
+        self.refused_writes = 0
 
     def new_id(self) -> int:
         self.next_id += 1
@@ -67,9 +75,25 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- plumbing
 
-    def _reply(self, status: int, data: Any) -> None:
+    def _write_allowed(self, method: str) -> bool:
+        state = self.server.state
+        if method not in ("POST", "PATCH", "PUT", "DELETE") or not state.write_interval:
+            return True
+        token = self.headers.get("Authorization", "")
+        now = time.monotonic()
+        with state.lock:
+            last = state.last_write.get(token)
+            if last is not None and now - last < state.write_interval - 0.02:  # 20 ms of clock slack
+                state.refused_writes += 1
+                return False
+            state.last_write[token] = now
+            return True
+
+    def _reply(self, status: int, data: Any, *, headers: dict[str, str] | None = None) -> None:
         body = json.dumps(data).encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -91,6 +115,13 @@ class Handler(BaseHTTPRequestHandler):
                 continue
             match = re.fullmatch(pattern, path)
             if match:
+                if not path.startswith("/_bench/") and not self._write_allowed(method):
+                    self._reply(403, {"message": "You have exceeded a secondary rate limit."},
+                                headers={"Retry-After": str(max(1, round(state.write_interval)))})
+                    return
+                with state.lock:
+                    if not path.startswith("/_bench/"):
+                        state.kinds[f"{method} {handler.__name__.lstrip('_').replace('_', ' ')}"] += 1
                 status, data = handler(state, match.groupdict(), query, body)
                 self._reply(status, data)
                 return
@@ -109,9 +140,10 @@ class Handler(BaseHTTPRequestHandler):
 class StandIn(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *, write_interval: float = 0.0) -> None:
         super().__init__(("127.0.0.1", port), Handler)
         self.state = State(base=f"http://127.0.0.1:{self.server_address[1]}")
+        self.state.write_interval = write_interval
 
 
 Result = tuple[int, Any]
@@ -237,7 +269,14 @@ def _wait_status(state: State, params: Params, query: Query, body: Any) -> Resul
 
 def _stats(state: State, params: Params, query: Query, body: Any) -> Result:
     with state.lock:
-        return 200, {"calls": dict(state.calls), "comments": len(state.comments), "deployments": len(state.deployments)}
+        return 200, {"calls": dict(state.calls), "kinds": dict(state.kinds), "refused_writes": state.refused_writes,
+                     "comments": len(state.comments), "deployments": len(state.deployments)}
+
+
+def _permission(state: State, params: Params, query: Query, body: Any) -> Result:
+    # "visitor" may read only: their commands are refused, with a reply (what the bench times).
+    permission = "read" if params["user"] == "visitor" else "write"
+    return 200, {"permission": permission, "user": {"login": params["user"]}}
 
 
 def _health(state: State, params: Params, query: Query, body: Any) -> Result:
@@ -267,14 +306,17 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("GET", _REPO + r"/deployments/(?P<id>\d+)", _get_deployment),
     ("POST", _REPO + r"/deployments/(?P<id>\d+)/statuses", _create_status),
     ("GET", _REPO + r"/deployments/(?P<id>\d+)/statuses", _list_statuses),
+    ("GET", _REPO + r"/collaborators/(?P<user>[^/]+)/permission", _permission),
 ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--write-interval", type=float, default=0.0,
+                        help="refuse a token's writes closer together than this (GitHub's secondary limit)")
     args = parser.parse_args()
-    with StandIn(args.port) as httpd:
+    with StandIn(args.port, write_interval=args.write_interval) as httpd:
         httpd.serve_forever(poll_interval=0.1)
 
 

@@ -4,6 +4,8 @@ this machine); the journal, the outbox and the sender are the real ones."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 from devstack.catalog import load_settings
@@ -83,7 +85,7 @@ def test_a_github_rate_limit_never_starves_gitlab(tmp_path: Path) -> None:
                for item in journal.feedback() if item.provider == "github")
 
 
-def test_replies_and_first_comments_go_before_edits(tmp_path: Path) -> None:
+def test_replies_then_first_comments_then_edits(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite3")
     edited = _feedback(Provider.GITHUB, "acme/payments", 1)
     journal.enqueue_feedback(pr=edited.pr.key, provider="github", payload=feedback_to_dict(edited))
@@ -94,8 +96,12 @@ def test_replies_and_first_comments_go_before_edits(tmp_path: Path) -> None:
     journal.enqueue_feedback(pr=new.pr.key, provider="github", payload=feedback_to_dict(new))
     journal.enqueue_feedback(pr="reply:d9", provider="github",
                              payload={"kind": "reply", "repo": "acme/payments", "number": 1, "body": "no"})
-    order = [item.pr for item in journal.take_feedback(limit=10)]
-    assert order == [new.pr.key, "reply:d9", edited.pr.key]  # the edit, enqueued first, goes last
+    order = [item.pr for item in journal.take_feedback(limit=1)]
+    assert order == ["reply:d9"]  # one item per lane per step: the most urgent
+    journal.feedback_sent(journal.take_feedback(limit=1)[0], body="replied")
+    assert [item.pr for item in journal.take_feedback(limit=1)] == [new.pr.key]  # then the first comment
+    journal.feedback_sent(journal.take_feedback(limit=1)[0], body="v1", comment_id=502)
+    assert [item.pr for item in journal.take_feedback(limit=1)] == [edited.pr.key]  # the edit, queued first, last
 
 
 class Writes:
@@ -139,7 +145,7 @@ def test_under_a_burst_every_pr_gets_its_comment_before_any_deployment_write(tmp
     github = Writes()
     sender = FeedbackSender(settings=load_settings(None), journal=journal, clients={"github": github})
     arrived = False
-    while sender.run_once(limit=20):
+    while sender.run_once(limit=1):  # one write at a time, so that work can arrive between any two
         if not arrived and len([w for w in github.log if w[0] == "deploy"]) == 3:  # mid-drain: two arrive
             arrived = True
             journal.enqueue_feedback(pr="reply:d1", provider="github",
@@ -149,6 +155,50 @@ def test_under_a_burst_every_pr_gets_its_comment_before_any_deployment_write(tmp
     kinds = [kind for kind, _ in github.log]
     assert kinds[:25] == ["comment"] * 25
     assert kinds[25:28] == ["deploy"] * 3
-    assert sorted(github.log[28:30]) == [("comment", 26), ("reply", 3)]  # before the remaining deployments
+    assert github.log[28:30] == [("reply", 3), ("comment", 26)]  # before the remaining deployments
     assert sorted(n for kind, n in github.log if kind == "deploy") == list(range(1, 27))  # one per head sha
     assert journal.outbox_counts()["pending"] == 0
+
+
+class Slow(Recorder):
+    """A provider whose every write takes ``pause`` seconds (GitHub's one write a second, shortened)."""
+
+    def __init__(self, pause: float) -> None:
+        super().__init__()
+        self.pause = pause
+
+    def upsert_comment(self, *, repo: str, number: int, **kw: object) -> int:
+        time.sleep(self.pause)
+        return super().upsert_comment(repo=repo, number=number, **kw)
+
+
+def test_lanes_run_in_parallel_so_one_providers_pacing_never_delays_another(tmp_path: Path) -> None:
+    """Each lane has its own thread: while GitHub's lane is paced through 6 writes (0.3 s each), GitLab's
+    notes go out at once instead of waiting between GitHub's writes."""
+    journal = Journal(tmp_path / "j.sqlite3")
+    for n in range(1, 7):
+        f = _feedback(Provider.GITHUB, "acme/payments", n)
+        journal.enqueue_feedback(pr=f.pr.key, provider="github", payload=feedback_to_dict(f))
+    for n in range(1, 4):
+        f = _feedback(Provider.GITLAB, "platform/ledger", n)
+        journal.enqueue_feedback(pr=f.pr.key, provider="gitlab", payload=feedback_to_dict(f))
+    github, gitlab = Slow(0.3), Recorder()
+    sender = FeedbackSender(settings=load_settings(None, overrides={"feedback": {"deployments": False}}),
+                            journal=journal, clients={"github": github, "gitlab": gitlab})
+    stop = threading.Event()
+    thread = threading.Thread(target=sender.run_forever, args=(stop,), kwargs={"interval": 0.05})
+    started = time.monotonic()
+    thread.start()
+    try:
+        deadline = started + 10
+        while len(gitlab.notes) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gitlab_done = time.monotonic() - started
+        while len(github.notes) < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        github_done = time.monotonic() - started
+    finally:
+        stop.set()
+        thread.join(10)
+    assert len(gitlab.notes) == 3 and len(github.notes) == 6
+    assert gitlab_done < 0.6 < github_done, (gitlab_done, github_done)  # not behind GitHub's 1.8 s of writes

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict
 from functools import cache
 from importlib import resources
@@ -187,23 +187,33 @@ class FeedbackSender:
         # token's, so no request of that lane goes out before then; the other lanes go on.
         self._paused: dict[str, float] = {}
 
-    def run_once(self, *, limit: int = 20) -> int:
-        """Send what is due; returns how many items were handled (sent, recorded or failed)."""
-        now = time.monotonic()
-        paused = {lane for lane, until in self._paused.items() if until > now}
-        items = self._journal.take_feedback(limit=limit, skip=paused)  # a paused lane never starves another
-        # Deployments go after every comment of their lane: under a burst, each PR gets its comment
-        # (what a human waits for) before any deployment write spends the lane's budget.
-        # One deployment per lane per pass, so a comment that arrives meanwhile waits for one write at most.
-        busy = paused | {item.provider for item in items}
-        deployments = self._journal.take_feedback(limit=1, skip=busy, phase="deployment")
+    def run_once(self, *, limit: int = 20, lanes: Collection[str] | None = None) -> int:
+        """Send what is due, at most ``limit`` items, in ``lanes`` (default: all); returns how many
+        items were handled (sent, recorded or failed).
+
+        Each step takes the single most urgent item of each lane again (replies to commands, then first
+        comments, then comment edits, and deployments only when no comment of the lane is due), so what
+        arrives while a lane drains a burst waits for one write at most.
+        """
         handled = 0
-        for item in [*items, *deployments]:
-            if self._paused.get(item.provider, 0.0) > time.monotonic():
-                continue  # paused meanwhile: not an attempt, it waits like the item that hit the limit
-            handled += 1
-            with bind(pr=item.pr, provider=item.provider):
-                self._send(item)
+        while handled < limit:
+            now = time.monotonic()
+            skip = {lane for lane, until in self._paused.items() if until > now}  # a paused lane waits alone
+            if lanes is not None:
+                skip |= {p for p in self._journal.feedback_lanes() if p not in lanes}
+            items = self._journal.take_feedback(limit=1, skip=skip)
+            busy = skip | {item.provider for item in items}
+            items += self._journal.take_feedback(limit=1, skip=busy, phase="deployment")
+            if not items:
+                break
+            for item in items:
+                if self._paused.get(item.provider, 0.0) > time.monotonic():
+                    continue  # paused meanwhile: not an attempt, it waits like the item that hit the limit
+                handled += 1
+                with bind(pr=item.pr, provider=item.provider):
+                    self._send(item)
+            if all(self._paused.get(item.provider, 0.0) > time.monotonic() for item in items):
+                break  # every lane that had work is paused now
         return handled
 
     def _send(self, item: OutboxItem) -> None:
@@ -284,5 +294,37 @@ class FeedbackSender:
         return feedback.sha, deployment_id
 
     def run_forever(self, stop: threading.Event, *, interval: float = 0.5) -> None:
-        drain_forever(stop, step=self.run_once, name="feedback sender",
-                      idle=lambda: self._journal.wait("feedback", interval))
+        """One thread per lane (a provider's client: its own token or installation, its own write pacing,
+        pauses and backoff), so one provider's pacing or rate limit never delays another's feedback."""
+        lanes = sorted({*self._clients, "github", "gitlab"})
+        wake = threading.Condition()
+        generation = [0]
+
+        def dispatch() -> None:  # the journal's signal, broadcast to every lane
+            while not stop.is_set():
+                self._journal.wait("feedback", interval)
+                with wake:
+                    generation[0] += 1
+                    wake.notify_all()
+
+        def idle(seen: list[int]) -> None:
+            with wake:
+                if generation[0] == seen[0]:
+                    wake.wait(interval)
+                seen[0] = generation[0]
+
+        threads = [threading.Thread(target=dispatch, name="feedback-signal", daemon=True)]
+        for lane in lanes:
+            seen = [0]
+            threads.append(threading.Thread(
+                target=drain_forever, name=f"feedback-{lane}", daemon=True,
+                kwargs={"stop": stop, "step": lambda lane=lane: self.run_once(lanes={lane}),
+                        "name": f"feedback sender ({lane})", "idle": lambda seen=seen: idle(seen)},
+            ))
+        for thread in threads:
+            thread.start()
+        stop.wait()
+        with wake:
+            wake.notify_all()
+        for thread in threads:
+            thread.join(interval + 5)

@@ -624,12 +624,16 @@ class Journal:
                 _requeue(db, pr=pr, payload=json.loads(row["payload"]), now=now)
         self.signal("feedback")
 
+    def feedback_lanes(self) -> list[str]:
+        """The providers that have feedback waiting."""
+        return [row["provider"] for row in self._query("SELECT DISTINCT provider FROM outbox WHERE status = 'pending'")]
+
     def take_feedback(self, *, limit: int, skip: Iterable[str] = (), phase: str = "comment") -> list[OutboxItem]:
         """Feedback due now in ``phase`` (``comment``, or ``deployment`` once its comment is out), at
         most ``limit`` per provider lane, none of the lanes in ``skip`` (a provider that asked to wait):
         one lane's backlog never hides another's items.
 
-        Within a lane, what a human waits for first: replies to commands and first comments, then
+        Within a lane, what a human waits for first: replies to commands, then first comments, then
         edits of existing comments; oldest first within each.
         """
         skipped = sorted(set(skip))
@@ -643,7 +647,8 @@ class Journal:
             rows = self._query(
                 self._FEEDBACK + " WHERE o.status = 'pending' AND o.next_attempt_at <= ? AND o.provider = ?"
                 " AND o.phase = ?"
-                " ORDER BY CASE WHEN o.pr LIKE 'reply:%' OR s.comment_id IS NULL THEN 0 ELSE 1 END, o.updated_at"
+                " ORDER BY CASE WHEN o.pr LIKE 'reply:%' THEN 0 WHEN s.comment_id IS NULL THEN 1 ELSE 2 END,"
+                " o.updated_at"
                 " LIMIT ?",
                 (now, lane, phase, limit),
             )
