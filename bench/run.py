@@ -50,7 +50,7 @@ QUICK = Plan(
     ack=ack.AckParams(duration=4.0, baseline_duration=2.0, warmup=50),
     single=single.SingleParams(iterations=6),
     burst=burst.BurstParams(prs=25, events_per_pr=4),
-    comment=comment.CommentParams(iterations=3, paced_iterations=1, burst_prs=2),
+    comment=comment.CommentParams(iterations=3, paced_iterations=1, burst_prs=3, pushes=3),
     scale=scale.ScaleParams(previews=1_000, pushes=3, api_calls=5, repeats=1),
 )
 

@@ -143,7 +143,8 @@ def test_under_a_burst_every_pr_gets_its_comment_before_any_deployment_write(tmp
         f = _opened(n)
         journal.enqueue_feedback(pr=f.pr.key, provider="github", payload=feedback_to_dict(f))
     github = Writes()
-    sender = FeedbackSender(settings=load_settings(None), journal=journal, clients={"github": github})
+    roomy = {"feedback": {"max_writes_per_minute": 1000, "max_writes_per_hour": 1000}}  # the caps are tested below
+    sender = FeedbackSender(settings=load_settings(None, overrides=roomy), journal=journal, clients={"github": github})
     arrived = False
     while sender.run_once(limit=1):  # one write at a time, so that work can arrive between any two
         if not arrived and len([w for w in github.log if w[0] == "deploy"]) == 3:  # mid-drain: two arrive
@@ -202,3 +203,32 @@ def test_lanes_run_in_parallel_so_one_providers_pacing_never_delays_another(tmp_
         thread.join(10)
     assert len(gitlab.notes) == 3 and len(github.notes) == 6
     assert gitlab_done < 0.6 < github_done, (gitlab_done, github_done)  # not behind GitHub's 1.8 s of writes
+
+
+def test_a_lane_slows_down_before_the_write_cap_and_the_budget_is_visible(tmp_path: Path) -> None:
+    """Issue 14.4: with ``feedback.max_writes_per_minute: 3`` the lane stops after its third write in a
+    minute (before the provider's cap, not after a 403), the other lane goes on, and /metrics shows
+    the writes per window and the queue per lane."""
+    from prometheus_client import generate_latest
+
+    from devstack.metrics import FeedbackCollector, Metrics
+
+    journal = Journal(tmp_path / "j.sqlite3")
+    for n in range(1, 6):
+        f = _feedback(Provider.GITHUB, "acme/payments", n)
+        journal.enqueue_feedback(pr=f.pr.key, provider="github", payload=feedback_to_dict(f))
+    f = _feedback(Provider.GITLAB, "platform/ledger", 1)
+    journal.enqueue_feedback(pr=f.pr.key, provider="gitlab", payload=feedback_to_dict(f))
+    github, gitlab = Recorder(), Recorder()
+    settings = load_settings(None, overrides={"feedback": {"deployments": False, "max_writes_per_minute": 3}})
+    sender = FeedbackSender(settings=settings, journal=journal, clients={"github": github, "gitlab": gitlab})
+    metrics = Metrics()
+    metrics.watch(FeedbackCollector(queues=journal.feedback_queues, writes=sender.writes))
+    while sender.run_once():
+        pass
+    assert len(github.notes) == 3 and len(gitlab.notes) == 1
+    assert sender.writes() == {"github": (3, 3), "gitlab": (1, 1)}
+    text = generate_latest(metrics.registry).decode()
+    assert 'devstack_feedback_writes{lane="github",window="1m"} 3.0' in text
+    assert 'devstack_feedback_queue_depth{lane="github",phase="comment"} 2.0' in text
+    assert 'devstack_feedback_queue_age_seconds{lane="github",phase="comment"}' in text

@@ -237,6 +237,8 @@ class FeedbackSettings(_Model):
     max_attempts: int = Field(12, ge=1)
     backoff_max: float = Field(900.0, gt=0)
     deployments: bool = True
+    max_writes_per_minute: int = Field(72, ge=1, description="per lane: slow down before GitHub's 80/minute cap")
+    max_writes_per_hour: int = Field(480, ge=1, description="per lane: slow down before GitHub's 500/hour cap")
 
 
 class LeaderElectionSettings(_Model):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import defaultdict, deque
 from collections.abc import Callable, Collection
 from dataclasses import asdict
 from functools import cache
@@ -182,6 +183,9 @@ class FeedbackSender:
         self._clients = clients
         self._metrics = metrics or Metrics()
         self._live = live  # Argo CD's view of a feature: (phase, reason), when devstack can read it
+        # lane -> monotonic times of its recent writes (the last hour): the secondary caps are per token
+        self._writes: dict[str, deque[float]] = defaultdict(deque)
+        self._writes_lock = threading.Lock()
         # lane -> monotonic time until which it asked us to wait (rate limit, Retry-After). A lane is a
         # provider's client (one token or GitHub App installation per provider): the limit is the
         # token's, so no request of that lane goes out before then; the other lanes go on.
@@ -209,12 +213,50 @@ class FeedbackSender:
             for item in items:
                 if self._paused.get(item.provider, 0.0) > time.monotonic():
                     continue  # paused meanwhile: not an attempt, it waits like the item that hit the limit
+                wait = self._budget_wait(item.provider)
+                if wait > 0:  # slow down before a cap, not after a 403
+                    self._paused[item.provider] = time.monotonic() + wait
+                    logger.info("feedback lane %s: write budget spent, pausing %.0f s", item.provider, wait)
+                    continue
                 handled += 1
                 with bind(pr=item.pr, provider=item.provider):
                     self._send(item)
             if all(self._paused.get(item.provider, 0.0) > time.monotonic() for item in items):
                 break  # every lane that had work is paused now
         return handled
+
+    def writes(self) -> dict[str, tuple[int, int]]:
+        """lane -> writes in the last minute and the last hour."""
+        now = time.monotonic()
+        with self._writes_lock:
+            return {lane: (sum(1 for t in times if now - t < 60), sum(1 for t in times if now - t < 3600))
+                    for lane, times in self._writes.items()}
+
+    def _wrote(self, lane: str, count: int) -> None:
+        now = time.monotonic()
+        with self._writes_lock:
+            times = self._writes[lane]
+            times.extend([now] * count)
+            while times and now - times[0] >= 3600:
+                times.popleft()
+
+    def _budget_wait(self, lane: str) -> float:
+        """Seconds until ``lane`` may write again under ``feedback.max_writes_per_minute/hour`` (0: now)."""
+        now = time.monotonic()
+        limits = self._settings.feedback
+        with self._writes_lock:
+            times = self._writes.get(lane)
+            if not times:
+                return 0.0
+            while times and now - times[0] >= 3600:
+                times.popleft()
+            minute = [t for t in times if now - t < 60]
+            wait = 0.0
+            if len(minute) >= limits.max_writes_per_minute:
+                wait = 60 - (now - minute[-limits.max_writes_per_minute])
+            if len(times) >= limits.max_writes_per_hour:
+                wait = max(wait, 3600 - (now - times[-limits.max_writes_per_hour]))
+            return max(0.0, wait)
 
     def _send(self, item: OutboxItem) -> None:
         client = self._clients.get(item.provider)
@@ -229,11 +271,13 @@ class FeedbackSender:
         try:
             if feedback is None:
                 client.reply(repo=item.payload["repo"], number=int(item.payload["number"]), body=body)
+                self._wrote(item.provider, 1)
                 self._journal.feedback_sent(item, body=body)
                 self._metrics.feedback_sent.labels(item.provider).inc()
                 return
             if item.phase == "deployment":
                 deployed, deployment_id = self._deployment(client, feedback, item)
+                self._wrote(item.provider, 2 if deployment_id is not None else 1)
                 self._journal.feedback_sent(item, body=item.sent_body, deployed_sha=deployed,
                                             deployment_id=deployment_id)
                 return
@@ -241,6 +285,7 @@ class FeedbackSender:
                 repo=feedback.pr.repo, number=feedback.pr.number, body=body, marker=MARKER,
                 comment_id=item.comment_id,
             )
+            self._wrote(item.provider, 0 if body == item.sent_body else 1)
         except TemporaryError as exc:
             self._metrics.feedback_failures.labels(item.provider, "temporary").inc()
             if exc.delay:

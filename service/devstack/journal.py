@@ -624,6 +624,13 @@ class Journal:
                 _requeue(db, pr=pr, payload=json.loads(row["payload"]), now=now)
         self.signal("feedback")
 
+    def feedback_queues(self) -> dict[tuple[str, str], tuple[int, float]]:
+        """(lane, phase) -> (pending items, age in seconds of the oldest), for the metrics."""
+        now = self._clock()
+        rows = self._query("SELECT provider, phase, COUNT(*) AS n, MIN(updated_at) AS oldest FROM outbox"
+                           " WHERE status = 'pending' GROUP BY provider, phase")
+        return {(row["provider"], row["phase"]): (row["n"], max(0.0, now - row["oldest"])) for row in rows}
+
     def feedback_lanes(self) -> list[str]:
         """The providers that have feedback waiting."""
         return [row["provider"] for row in self._query("SELECT DISTINCT provider FROM outbox WHERE status = 'pending'")]

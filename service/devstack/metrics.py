@@ -63,6 +63,33 @@ class Metrics:
         self.registry.register(collector)
 
 
+class FeedbackCollector(Collector):
+    """The feedback budget per lane (a provider's token or App installation), read at each scrape."""
+
+    def __init__(self, *, queues: Callable[[], Mapping[tuple[str, str], tuple[int, float]]],
+                 writes: Callable[[], Mapping[str, tuple[int, int]]]) -> None:
+        self._queues = queues
+        self._writes = writes
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("devstack_feedback_queue_depth", "Feedback waiting, by lane and phase "
+                                  "(comment, then deployment)", labels=["lane", "phase"])
+        age = GaugeMetricFamily("devstack_feedback_queue_age_seconds", "Age of the oldest feedback waiting, by "
+                                "lane and phase", labels=["lane", "phase"])
+        for (lane, phase), (count, oldest) in sorted(self._queues().items()):
+            depth.add_metric([lane, phase], count)
+            age.add_metric([lane, phase], oldest)
+        yield depth
+        yield age
+        writes = GaugeMetricFamily("devstack_feedback_writes", "Writes sent by a lane in the last minute / hour "
+                                   "(GitHub's secondary caps: 80 / 500 content-creating requests)",
+                                   labels=["lane", "window"])
+        for lane, (minute, hour) in sorted(self._writes().items()):
+            writes.add_metric([lane, "1m"], minute)
+            writes.add_metric([lane, "1h"], hour)
+        yield writes
+
+
 class StateCollector(Collector):
     """Gauges read from the runtime at each scrape."""
 

@@ -22,7 +22,7 @@ from devstack.feedback import FeedbackSender, feedback_to_dict
 from devstack.gitops import CommitResult, GitStore
 from devstack.journal import Journal
 from devstack.loops import run_periodically
-from devstack.metrics import Metrics, StateCollector
+from devstack.metrics import FeedbackCollector, Metrics, StateCollector
 from devstack.planner import stack_feedback
 from devstack.providers import ProviderClient
 from devstack.reaper import Reaper, Resyncer
@@ -231,10 +231,11 @@ class Runtime:
             status = watcher.status(feature) if watcher is not None else None
             return (status.phase.value, status.reason) if status is not None else None
 
+        sender = FeedbackSender(settings=settings, journal=journal, clients=dict(clients), metrics=metrics, live=live)
+        metrics.watch(FeedbackCollector(queues=journal.feedback_queues, writes=sender.writes))
         runtime = cls(
             settings=settings, journal=journal, store=store, worker=worker, metrics=metrics,
-            sender=FeedbackSender(settings=settings, journal=journal, clients=dict(clients), metrics=metrics,
-                                  live=live),
+            sender=sender,
             commands=CommandRunner(settings=settings, journal=journal, clients=dict(clients)),
             reaper=Reaper(settings=settings, journal=journal, entries=worker.snapshot),
             resyncer=Resyncer(settings=settings, journal=journal, entries=worker.snapshot, clients=dict(clients)),
