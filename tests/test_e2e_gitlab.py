@@ -353,3 +353,29 @@ def test_tokens_never_reach_logs_or_bodies(
     assert "HTTP 500" in text or "HTTP 401" in text  # the failures were reported...
     for secret in (GITLAB_TOKEN, GITLAB_SECRET, GITLAB_ROTATED_SECRET, "a-wrong-token-value"):
         assert secret not in text  # ...without a secret
+
+
+def test_gitlab_feedback_is_one_note_one_environment_stopped_once_whatever_the_history(
+    settings: Settings, serve: Callable[..., RunningServer], gitlab: FakeGitLab
+) -> None:
+    """Issue 14.5: after 20 pushes the MR still has one note (edited in place) and one environment;
+    closing stops it once and costs a bounded number of requests."""
+    server = serve(settings)
+    assert send(server, mr_hook(action="open", sha="00" * 20)).status_code == 202
+    server.wait_idle()
+    previous = "00" * 20
+    for n in range(1, 21):
+        sha = f"{n:02d}" * 20
+        assert send(server, mr_hook(action="update", sha=sha, oldrev=previous)).status_code == 202
+        server.wait_idle()
+        previous = sha
+    before = len(gitlab.calls)
+    assert send(server, mr_hook(action="close", state="closed", sha=previous)).status_code == 202
+    server.wait_idle()
+    close_calls = gitlab.calls[before:]
+    assert len(gitlab.notes_on(REPO, 7)) == 1
+    assert len(gitlab.environments_of(REPO)) == 1
+    assert gitlab.environments_of(REPO)[0]["state"] == "stopped"
+    assert gitlab.count("POST", r"/environments/\d+/stop$") == 1
+    assert gitlab.count("POST", r"/environments$") == 1
+    assert len(close_calls) <= 4, close_calls  # the note (read, edit), the environment (find, stop)
