@@ -24,6 +24,17 @@ def _feedback(provider: Provider, repo: str, number: int) -> Feedback:
                                           image="ghcr.io/acme/api:" + "a" * 40, source=pr.key),))
 
 
+def _queued(tmp_path: Path, *, github: int, gitlab: int) -> Journal:
+    """A journal whose outbox holds ``github`` new PRs' and ``gitlab`` new MRs' comments."""
+    journal = Journal(tmp_path / "j.sqlite3")
+    for provider, repo, count in ((Provider.GITHUB, "acme/payments", github),
+                                  (Provider.GITLAB, "platform/ledger", gitlab)):
+        for n in range(1, count + 1):
+            f = _feedback(provider, repo, n)
+            journal.enqueue_feedback(pr=f.pr.key, provider=provider.value, payload=feedback_to_dict(f))
+    return journal
+
+
 class RateLimited:
     """GitHub answering every request with a 403 rate limit (reset in an hour)."""
 
@@ -67,13 +78,7 @@ class Recorder:
 def test_a_github_rate_limit_never_starves_gitlab(tmp_path: Path) -> None:
     """Defect pinned (12.7): with GitHub rate-limited, 50 GitHub items filled every pass (the outbox was
     read oldest first, 20 at a time, then skipped), so GitLab got 0 notes in 50 passes."""
-    journal = Journal(tmp_path / "j.sqlite3")
-    for n in range(1, 51):
-        f = _feedback(Provider.GITHUB, "acme/payments", n)
-        journal.enqueue_feedback(pr=f.pr.key, provider="github", payload=feedback_to_dict(f))
-    for n in range(1, 6):
-        f = _feedback(Provider.GITLAB, "platform/ledger", n)
-        journal.enqueue_feedback(pr=f.pr.key, provider="gitlab", payload=feedback_to_dict(f))
+    journal = _queued(tmp_path, github=50, gitlab=5)
     github, gitlab = RateLimited(), Recorder()
     sender = FeedbackSender(settings=load_settings(None, overrides={"feedback": {"deployments": False}}),
                             journal=journal, clients={"github": github, "gitlab": gitlab})
@@ -176,13 +181,7 @@ class Slow(Recorder):
 def test_lanes_run_in_parallel_so_one_providers_pacing_never_delays_another(tmp_path: Path) -> None:
     """Each lane has its own thread: while GitHub's lane is paced through 6 writes (0.3 s each), GitLab's
     notes go out at once instead of waiting between GitHub's writes."""
-    journal = Journal(tmp_path / "j.sqlite3")
-    for n in range(1, 7):
-        f = _feedback(Provider.GITHUB, "acme/payments", n)
-        journal.enqueue_feedback(pr=f.pr.key, provider="github", payload=feedback_to_dict(f))
-    for n in range(1, 4):
-        f = _feedback(Provider.GITLAB, "platform/ledger", n)
-        journal.enqueue_feedback(pr=f.pr.key, provider="gitlab", payload=feedback_to_dict(f))
+    journal = _queued(tmp_path, github=6, gitlab=3)
     github, gitlab = Slow(0.3), Recorder()
     sender = FeedbackSender(settings=load_settings(None, overrides={"feedback": {"deployments": False}}),
                             journal=journal, clients={"github": github, "gitlab": gitlab})
@@ -213,12 +212,7 @@ def test_a_lane_slows_down_before_the_write_cap_and_the_budget_is_visible(tmp_pa
 
     from devstack.metrics import FeedbackCollector, Metrics
 
-    journal = Journal(tmp_path / "j.sqlite3")
-    for n in range(1, 6):
-        f = _feedback(Provider.GITHUB, "acme/payments", n)
-        journal.enqueue_feedback(pr=f.pr.key, provider="github", payload=feedback_to_dict(f))
-    f = _feedback(Provider.GITLAB, "platform/ledger", 1)
-    journal.enqueue_feedback(pr=f.pr.key, provider="gitlab", payload=feedback_to_dict(f))
+    journal = _queued(tmp_path, github=5, gitlab=1)
     github, gitlab = Recorder(), Recorder()
     settings = load_settings(None, overrides={"feedback": {"deployments": False, "max_writes_per_minute": 3}})
     sender = FeedbackSender(settings=settings, journal=journal, clients={"github": github, "gitlab": gitlab})
