@@ -202,7 +202,8 @@ class FeedbackSender:
         handled = 0
         while handled < limit:
             now = time.monotonic()
-            skip = {lane for lane, until in self._paused.items() if until > now}  # a paused lane waits alone
+            paused = dict(self._paused)  # a copy: other lanes' threads add their own keys meanwhile
+            skip = {lane for lane, until in paused.items() if until > now}  # a paused lane waits alone
             if lanes is not None:
                 skip |= {p for p in self._journal.feedback_lanes() if p not in lanes}
             items = self._journal.take_feedback(limit=1, skip=skip)
