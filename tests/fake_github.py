@@ -6,6 +6,7 @@ assert on what devstack did (one comment, edited in place) and on every request 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -99,10 +100,19 @@ class FakeGitHub:
 
     rate_limit_remaining: int = 4999
 
-    def _json(self, status: int, data: Any) -> tuple[int, dict[str, str], str]:
+    not_modified: int = 0  # conditional reads answered 304 (GitHub does not count them against the rate limit)
+
+    def _json(self, status: int, data: Any, *, etag: bool = False) -> tuple[int, dict[str, str], str]:
         headers = {"Content-Type": "application/json", "X-RateLimit-Limit": "5000",
                    "X-RateLimit-Remaining": str(self.rate_limit_remaining), "X-RateLimit-Reset": "4102444800"}
+        if etag:  # a weak ETag of the representation, as GitHub sends on single resources
+            headers["ETag"] = self._etag(data)
         return status, headers, json.dumps(data)
+
+    @staticmethod
+    def _etag(data: Any) -> str:
+        return 'W/"' + hashlib.sha1(json.dumps(data, sort_keys=True).encode(), usedforsecurity=False).hexdigest() + '"'
+
 
     def _url(self, path: str) -> str:
         return self.api_url.rstrip("/") + path
@@ -208,7 +218,7 @@ class FakeGitHub:
         repo, number = self._groups(request, r"/repos/([^/]+/[^/]+)/issues/(\d+)/comments$")
         comment = {"id": self._id(), "body": body["body"], "issue": (repo, int(number))}
         self.comments[comment["id"]] = comment
-        return self._json(201, self._comment_json(comment))
+        return self._json(201, self._comment_json(comment), etag=True)
 
     def _get_comment(self, request: Any) -> tuple[int, dict[str, str], str]:
         _, _, failed = self._record(request)
@@ -217,7 +227,11 @@ class FakeGitHub:
             return failed
         if int(cid) not in self.comments:
             return self._json(404, {"message": "Not Found"})
-        return self._json(200, self._comment_json(self.comments[int(cid)]))
+        data = self._comment_json(self.comments[int(cid)])
+        if request.headers.get("If-None-Match") == self._etag(data):
+            self.not_modified += 1
+            return 304, {"ETag": self._etag(data)}, ""
+        return self._json(200, data, etag=True)
 
     def _edit_comment(self, request: Any) -> tuple[int, dict[str, str], str]:
         _, body, failed = self._record(request)
@@ -227,7 +241,7 @@ class FakeGitHub:
         if int(cid) not in self.comments:
             return self._json(404, {"message": "Not Found"})
         self.comments[int(cid)]["body"] = body["body"]
-        return self._json(200, self._comment_json(self.comments[int(cid)]))
+        return self._json(200, self._comment_json(self.comments[int(cid)]), etag=True)
 
     def _deployment_json(self, repo: str, deployment: dict[str, Any]) -> dict[str, Any]:
         return {**deployment, "url": self._url(f"/repos/{repo}/deployments/{deployment['id']}"),

@@ -52,3 +52,22 @@ def test_open_push_and_close_stay_within_the_request_budget(
     assert writes + reads <= 3, calls
     active = [d for d, statuses in github.statuses.items() if statuses and statuses[-1]["state"] == "success"]
     assert active == []  # nothing left active, though the close touched only the latest deployment
+
+
+def test_a_comment_read_again_is_a_conditional_request(
+    make_settings: Callable[..., Settings], serve: Callable[..., RunningServer], github: FakeGitHub
+) -> None:
+    """Issue 14.3: the read before an edit (is the comment still there, on this PR, with which body?)
+    carries the ETag devstack last saw; GitHub answers 304 when nothing changed, and a 304 is not
+    counted against the rate limit. An edit by someone else makes it a full read again."""
+    server = serve(make_settings())
+    _phase(github, server, pr_payload(action="opened", sha="1" * 40))
+    _phase(github, server, pr_payload(action="synchronize", sha="2" * 40))
+    _phase(github, server, pr_payload(action="synchronize", sha="3" * 40))
+    assert github.not_modified == 2  # each push read the comment it had written: unchanged, 304
+    [comment] = github.comments_on("acme/payments", 42)
+    github.comments[comment["id"]]["body"] += "\n(edited by a human)"
+    _phase(github, server, pr_payload(action="synchronize", sha="4" * 40))
+    assert github.not_modified == 2  # changed meanwhile: a full read, then the edit
+    [comment] = github.comments_on("acme/payments", 42)
+    assert "4444444444" in comment["body"] and "edited by a human" not in comment["body"]

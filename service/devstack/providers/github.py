@@ -13,6 +13,7 @@ import logging
 import math
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit
 
 import requests
 from github import Auth, Github, GithubException, GithubIntegration
+from github.IssueComment import IssueComment
 from github.Requester import Requester
 
 from devstack import redact
@@ -43,10 +45,10 @@ from pydantic import SecretStr
 
 if TYPE_CHECKING:
     from github.Issue import Issue
-    from github.IssueComment import IssueComment
     from github.Repository import Repository
 
 logger = logging.getLogger(__name__)
+_SEEN_MAX = 2000  # sticky comments remembered for conditional reads
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 EVENT_HEADER = "X-GitHub-Event"
@@ -375,6 +377,7 @@ class GitHubClient:
             raise ConfigError("providers.github: set a token, or a GitHub App (app_id, private_key, installation_id)")
         self._login: str | None = None
         self._login_looked_up = False
+        self._seen: OrderedDict[int, IssueComment] = OrderedDict()  # comment id -> as last seen, with its ETag
         self._github = Github(
             base_url=api_url.rstrip("/"),
             auth=auth,
@@ -395,7 +398,9 @@ class GitHubClient:
         """Create or edit the PR's sticky comment (the one containing ``marker``); return its id.
 
         With ``comment_id``, that comment is read and edited only when its body differs. A comment
-        that is gone (404) or belongs to another PR is looked up again by ``marker``.
+        that is gone (404) or belongs to another PR is looked up again by ``marker``. A comment this
+        process wrote or read before is read again with its ETag (``If-None-Match``): unchanged, GitHub
+        answers 304, which costs nothing of the rate limit.
         """
         if not marker or marker not in body:
             raise ValueError("the comment body must contain the marker")
@@ -406,18 +411,39 @@ class GitHubClient:
                 comment = self._comment_by_marker(issue, marker=marker)
             if comment is None:
                 created = issue.create_comment(body)
+                self._remember(created)
                 logger.info("created the devstack comment %s on %s#%s", created.id, repo, number)
                 return int(created.id)
             if comment.body != body:
-                comment.edit(body)
+                headers, data = self._github.requester.requestJsonAndCheck("PATCH", comment.url, input={"body": body})
+                self._remember(self._github.create_from_raw_data(IssueComment, data, headers))
                 logger.info("edited the devstack comment %s on %s#%s", comment.id, repo, number)
             else:
                 logger.debug("the devstack comment %s on %s#%s is current", comment.id, repo, number)
             return int(comment.id)
 
+    def _remember(self, comment: IssueComment) -> None:
+        """Keep the comment as last seen (with its ETag) for a conditional read next time."""
+        self._seen[int(comment.id)] = comment
+        self._seen.move_to_end(int(comment.id))
+        while len(self._seen) > _SEEN_MAX:
+            self._seen.popitem(last=False)
+
     def _comment_by_id(self, issue: Issue, *, number: int, comment_id: int | None) -> IssueComment | None:
         if comment_id is None:
             return None
+        seen = self._seen.get(comment_id)
+        if seen is not None and seen.etag and (seen.issue_url or "").endswith(f"/issues/{number}"):
+            try:
+                if seen.update():  # If-None-Match: a 304 (unchanged) is not counted against the rate limit
+                    self._remember(seen)
+                return seen
+            except GithubException as exc:
+                if exc.status != 404:
+                    raise
+                self._seen.pop(comment_id, None)
+                logger.info("comment %s is gone; looking for the devstack comment on #%s", comment_id, number)
+                return None
         comment = issue.get_comment(comment_id)
         try:
             comment.body  # noqa: B018 - lazy object: this is the GET
@@ -430,6 +456,7 @@ class GitHubClient:
         if issue_url and not issue_url.endswith(f"/issues/{number}"):
             logger.warning("comment %s is not on #%s; looking for the devstack comment", comment_id, number)
             return None
+        self._remember(comment)
         return comment
 
     def _comment_by_marker(self, issue: Issue, *, marker: str) -> IssueComment | None:
