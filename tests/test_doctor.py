@@ -198,6 +198,28 @@ def test_a_github_app_missing_a_permission_and_an_event(
         "repositories and set providers.github.installation_id to the number in the installation's URL")
 
 
+def test_a_github_app_without_installation_id_checks_every_catalog_repository(
+    tmp_path: Path, remote: str, http: responses.RequestsMock
+) -> None:
+    """An App installed in several organisations (no installation_id): doctor reads the installation of
+    each catalog repository, and says which repository the App is not installed on."""
+    key_file = tmp_path / "app.pem"
+    key_file.write_text(pem())
+    config = write_config(tmp_path, remote, providers={"github": {
+        "api_url": API_URL, "app_id": 1234, "private_key_file": str(key_file), "webhook_secrets": ["s1"]}})
+    good = {"id": 77, "permissions": {"pull_requests": "write", "issues": "write", "metadata": "read",
+                                      "deployments": "write"}, "events": ["pull_request", "issue_comment"]}
+    http.get(f"{API_URL}/repos/acme/ledger/installation", json=good)
+    http.get(f"{API_URL}/repos/acme/payments/installation", status=404, json={"message": "Not Found"})
+    assert lines(config)["github app"] == (
+        "[FAIL] github app: App 1234 is not installed on acme/payments. Fix: install the App on the "
+        "organisation or repository (its public page, Install)")
+    http.replace(responses.GET, f"{API_URL}/repos/acme/payments/installation", json={**good, "id": 88})
+    assert lines(config)["github app"] == (
+        "[ok] github app: App 1234: installed on 2 repositories, each installation with the permissions and "
+        "events devstack needs (one write budget per installation)")
+
+
 def test_gitlab_token_scope_and_role(tmp_path: Path, remote: str, http: responses.RequestsMock) -> None:
     config = write_config(tmp_path, remote, providers={
         "github": {"api_url": API_URL},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,10 @@ from pydantic import SecretStr
 
 from devstack.catalog import load_settings
 from devstack.errors import ConfigError, ProviderRejected
+from devstack.events import Provider, PullRequestRef
+from devstack.feedback import FeedbackSender, feedback_to_dict
+from devstack.journal import Journal
+from devstack.planner import Feedback
 from devstack.providers.github import GitHubApp, GitHubClient
 from devstack.runtime import provider_clients
 
@@ -139,3 +144,113 @@ def test_an_app_adopts_only_the_comment_its_bot_wrote(key: rsa.RSAPrivateKey) ->
     assert seen["app_auth"].startswith("Bearer ")  # the JWT, not the installation token
     assert client.own_login() == "devstack-acme[bot]"
     assert not any(call.request.method == "PATCH" and call.request.url.endswith("/10") for call in responses.calls)
+
+
+# --- an App installed in several organisations: one write budget per installation (issue 14.4) -------
+
+ORGS = {"acme": 11, "globex": 22}
+
+
+class TwoOrgs:
+    """GitHub's App endpoints and issue comments for two organisations, each with its own installation
+    (a stand-in: the GitHub API cannot be reached from here). ``slow`` delays one installation's writes;
+    ``limited`` answers one installation's writes with a 403 rate limit."""
+
+    def __init__(self, *, slow: str = "", limited: str = "") -> None:
+        self.slow, self.limited = slow, limited
+        self.discovered: list[str] = []
+        self.posted: list[tuple[str, str, float]] = []  # (org, token, monotonic time)
+        self.attempts: dict[str, int] = dict.fromkeys(ORGS, 0)
+
+    def install(self, rsps: responses.RequestsMock) -> None:
+        host = re.escape("https://ghe.example.com") + r"(:443)?/api/v3"
+        for org, installation in ORGS.items():
+            rsps.add_callback(responses.GET, re.compile(host + rf"/repos/{org}/([^/]+)/installation$"),
+                              callback=self._installation(org, installation))
+            rsps.add(responses.POST, re.compile(host + rf"/app/installations/{installation}/access_tokens$"),
+                     status=201,
+                     json={"token": f"ghs_token_of_{org}_installation", "expires_at": "2099-01-01T00:00:00Z"})
+        rsps.add(responses.GET, re.compile(host + r"/repos/[^/]+/[^/]+/issues/\d+/comments.*"), json=[])
+        rsps.add_callback(responses.POST, re.compile(host + r"/repos/([^/]+)/[^/]+/issues/(\d+)/comments$"),
+                          callback=self._comment)
+
+    def _installation(self, org: str, installation: int) -> Any:
+        def answer(request: Any) -> tuple[int, dict[str, str], str]:
+            assert request.headers["Authorization"].startswith("Bearer ")  # the App's JWT
+            self.discovered.append(org)
+            return 200, {}, json.dumps({"id": installation, "account": {"login": org}, "app_id": 1234})
+        return answer
+
+    def _comment(self, request: Any) -> tuple[int, dict[str, str], str]:
+        org = request.url.split("/repos/", 1)[1].split("/", 1)[0]
+        self.attempts[org] += 1
+        if org == self.limited:
+            return 403, {"X-RateLimit-Remaining": "0", "X-RateLimit-Limit": "5000",
+                         "X-RateLimit-Reset": str(int(time.time()) + 3600)}, json.dumps({"message": "rate limited"})
+        if org == self.slow:
+            time.sleep(0.4)
+        self.posted.append((org, request.headers["Authorization"], time.monotonic()))
+        return 201, {}, json.dumps({"id": 9000 + len(self.posted), "body": json.loads(request.body)["body"]})
+
+
+def _two_org_sender(key: rsa.RSAPrivateKey, tmp_path: Path) -> tuple[FeedbackSender, Journal, GitHubClient]:
+    journal = Journal(tmp_path / "j.sqlite3")
+    for org, repo in (("acme", "payments"), ("globex", "ledger")):
+        for number in (1, 2, 3):
+            pr = PullRequestRef(provider=Provider.GITHUB, repo=f"{org}/{repo}", number=number)
+            feedback = Feedback(pr=pr, pr_url="", status="active", feature=f"{org}-{number}", sha="a" * 40,
+                                header="x-devstack-feature", expires_at="2026-12-08T10:00:00Z")
+            journal.enqueue_feedback(pr=pr.key, provider="github", payload=feedback_to_dict(feedback))
+    client = GitHubClient(api_url=API, app=GitHubApp(app_id=1234, private_key=SecretStr(pem(key))),
+                          seconds_between_writes=0)
+    settings = load_settings(None, overrides={"feedback": {"deployments": False}})
+    return FeedbackSender(settings=settings, journal=journal, clients={"github": client}), journal, client
+
+
+def test_each_organisation_s_installation_is_found_once_and_writes_with_its_own_token(
+    key: rsa.RSAPrivateKey, tmp_path: Path
+) -> None:
+    """With no installation_id, devstack looks up each repository owner's installation once
+    (``GET /repos/{owner}/{repo}/installation`` with the App's JWT) and writes with that installation's
+    token: two organisations, two budgets."""
+    orgs = TwoOrgs()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        orgs.install(rsps)
+        sender, journal, client = _two_org_sender(key, tmp_path)
+        assert client.several_budgets
+        assert client.lane(repo="acme/payments") == "github/installation-11"
+        assert client.lane(repo="globex/ledger") == "github/installation-22"
+        while sender.run_once():
+            pass
+    assert sorted(orgs.discovered) == ["acme", "globex"]  # once per owner
+    assert {(org, token) for org, token, _ in orgs.posted} == {
+        ("acme", "token ghs_token_of_acme_installation"), ("globex", "token ghs_token_of_globex_installation")}
+    assert len(orgs.posted) == 6 and journal.outbox_counts()["pending"] == 0
+    assert set(sender.writes()) == {"github/installation-11", "github/installation-22"}
+
+
+def test_one_installation_s_rate_limit_or_slowness_never_holds_up_another(
+    key: rsa.RSAPrivateKey, tmp_path: Path
+) -> None:
+    """Issue 14.4: several installations are separate budgets and run in parallel. One rate-limited:
+    the other's comments all go out and the limited one is tried once. One slow (0.4 s a write): the
+    other's three comments are out before the slow one's second."""
+    limited = TwoOrgs(limited="globex")
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        limited.install(rsps)
+        sender, _, _ = _two_org_sender(key, tmp_path / "limited")
+        while sender.run_once():
+            pass
+    assert [org for org, _, _ in limited.posted] == ["acme"] * 3
+    assert limited.attempts["globex"] == 1
+
+    slow = TwoOrgs(slow="globex")
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        slow.install(rsps)
+        sender, _, _ = _two_org_sender(key, tmp_path / "slow")
+        while sender.run_once():
+            pass
+    acme = [at for org, _, at in slow.posted if org == "acme"]
+    globex = [at for org, _, at in slow.posted if org == "globex"]
+    assert len(acme) == 3 and len(globex) == 3
+    assert max(acme) < sorted(globex)[1]  # not behind the slow installation's writes

@@ -155,16 +155,18 @@ class GitHubSettings(_Model):
     app_id: int | None = Field(None, ge=1, description="GitHub App authentication instead of a token")
     private_key: SecretStr | None = Field(None, description="the App's private key (PEM)")
     private_key_file: Path | None = Field(None, description="or a file holding it (a mounted Secret)")
-    installation_id: int | None = Field(None, ge=1)
+    installation_id: int | None = Field(None, ge=1, description="the App's installation; none: looked up per "
+                                                                "repository owner, one budget per installation")
     webhook_secrets: list[SecretStr] = Field(default_factory=list)
     seconds_between_writes: float = Field(1.0, ge=0)
 
     @model_validator(mode="after")
     def _one_way_to_authenticate(self) -> GitHubSettings:
-        app = [self.app_id, self.private_key or self.private_key_file, self.installation_id]
-        if any(app):
+        app = [self.app_id, self.private_key or self.private_key_file]
+        if any(app) or self.installation_id:
             if not all(app):
-                raise ValueError("a GitHub App needs app_id, private_key (or private_key_file) and installation_id")
+                raise ValueError("a GitHub App needs app_id, private_key (or private_key_file); installation_id is "
+                                 "optional (without it each repository's installation is looked up)")
             if self.token is not None:
                 raise ValueError("set either token or a GitHub App, not both")
             if self.private_key_file is not None and not self.private_key_file.is_file():

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import enum
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,11 +153,26 @@ def _repos(settings: Settings, provider: str) -> list[str]:
     return sorted({s.repo for s in settings.services.values() if s.provider == provider})
 
 
+_PERMISSIONS_FIX = ("add them in the App's settings (Permissions & events), then accept the new permissions in the "
+                    "installation's settings")
+
+
+def _installation_lacks(installation: Mapping[str, Any]) -> str:
+    """What an installation lacks of the permissions and events devstack needs ('' when nothing)."""
+    granted = installation.get("permissions") or {}
+    rank = {"read": 1, "write": 2, "admin": 3}
+    missing = [f"{name}: {level}" for name, level in APP_PERMISSIONS.items()
+               if rank.get(str(granted.get(name)), 0) < rank[level]]
+    events = set(installation.get("events") or [])
+    missing += [f"the {event} event" for event in APP_EVENTS if event not in events]
+    return ", ".join(missing)
+
+
 def check_github(settings: Settings) -> Iterator[Check]:
     github = settings.providers.github
     api = github.api_url.rstrip("/")
     key = github.app_key()
-    if key is not None and github.app_id and github.installation_id:
+    if key is not None and github.app_id:
         yield from _check_github_app(settings, api=api, key=key.get_secret_value())
         return
     if github.token is None or not github.token.get_secret_value():
@@ -215,6 +230,29 @@ def _check_github_app(settings: Settings, *, api: str, key: str) -> Iterator[Che
                    "set providers.github.private_key_file to the App's PEM private key")
         return
     headers = {"Authorization": f"Bearer {jwt}", "Accept": "application/vnd.github+json"}
+    if github.installation_id is None:  # one installation per owner: check the one of every catalog repository
+        repos = sorted({s.repo for s in settings.services.values() if s.provider == "github"})
+        for repo in repos:
+            found = _get(f"{api}/repos/{repo}/installation", headers)
+            if isinstance(found, str):
+                yield fail("github app", found, f"check providers.github.api_url ({api}) and the network")
+                return
+            if found.status_code == 404:
+                yield fail("github app", f"App {github.app_id} is not installed on {repo}",
+                           "install the App on the organisation or repository (its public page, Install)")
+                return
+            if not found.ok:
+                yield fail("github app", f"GET /repos/{repo}/installation answered {found.status_code} "
+                           f"{_message(found)}", "check providers.github.app_id and the private key")
+                return
+            problem = _installation_lacks(found.json())
+            if problem:
+                yield fail("github app", f"the installation on {repo} lacks {problem}", _PERMISSIONS_FIX)
+                return
+        yield ok("github app", f"App {github.app_id}: installed on {len(repos)} repositor"
+                 f"{'y' if len(repos) == 1 else 'ies'}, each installation with the permissions and events "
+                 "devstack needs (one write budget per installation)")
+        return
     found = _get(f"{api}/app/installations/{github.installation_id}", headers)
     if isinstance(found, str):
         yield fail("github app", found, f"check providers.github.api_url ({api}) and the network")
@@ -233,18 +271,9 @@ def _check_github_app(settings: Settings, *, api: str, key: str) -> Iterator[Che
         yield fail("github app", f"GET /app/installations answered {found.status_code} {_message(found)}",
                    "check providers.github.api_url")
         return
-    installation = found.json()
-    granted = installation.get("permissions") or {}
-    rank = {"read": 1, "write": 2, "admin": 3}
-    missing = [f"{name}: {level}" for name, level in APP_PERMISSIONS.items()
-               if rank.get(str(granted.get(name)), 0) < rank[level]]
-    events = set(installation.get("events") or [])
-    missing_events = [event for event in APP_EVENTS if event not in events]
-    if missing or missing_events:
-        lacks = ", ".join(missing + [f"the {e} event" for e in missing_events])
-        yield fail("github app", f"the installation lacks {lacks}",
-                   "add them in the App's settings (Permissions & events), then accept the new permissions "
-                   "in the installation's settings")
+    problem = _installation_lacks(found.json())
+    if problem:
+        yield fail("github app", f"the installation lacks {problem}", _PERMISSIONS_FIX)
         return
     yield ok("github app", f"App {github.app_id}, installation {github.installation_id}: permissions and events "
              "as devstack needs")

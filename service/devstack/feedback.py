@@ -17,6 +17,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Collection
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict
 from functools import cache
 from importlib import resources
@@ -24,7 +25,7 @@ from string import Template
 from typing import Any, Protocol
 
 from devstack.catalog import Settings
-from devstack.errors import PermanentError, TemporaryError
+from devstack.errors import DevstackError, PermanentError, TemporaryError
 from devstack.events import Provider, PullRequestRef
 from devstack.journal import Journal, OutboxItem
 from devstack.log import bind
@@ -33,6 +34,8 @@ from devstack.metrics import Metrics
 from devstack.planner import NEVER, Feedback, ServiceLink
 
 logger = logging.getLogger(__name__)
+_SCAN = 100  # items read per step when a provider has several write budgets (GitHub App installations)
+_BUDGETS_AT_ONCE = 8  # of those, how many send at the same time
 
 MARKER = "<!-- devstack:preview -->"
 
@@ -192,39 +195,81 @@ class FeedbackSender:
         self._paused: dict[str, float] = {}
 
     def run_once(self, *, limit: int = 20, lanes: Collection[str] | None = None) -> int:
-        """Send what is due, at most ``limit`` items, in ``lanes`` (default: all); returns how many
-        items were handled (sent, recorded or failed).
+        """Send what is due, at most ``limit`` items, for the providers in ``lanes`` (default: all);
+        returns how many items were handled (sent, recorded or failed).
 
-        Each step takes the single most urgent item of each lane again (replies to commands, then first
-        comments, then comment edits, and deployments only when no comment of the lane is due), so what
-        arrives while a lane drains a burst waits for one write at most.
+        Each step takes the single most urgent item of each write budget again (replies to commands,
+        then first comments, then comment edits, and deployments only when no comment of that budget
+        is due), so what arrives while a budget drains a burst waits for one write at most. A budget
+        is a provider's token, or each installation of a GitHub App installed in several
+        organisations: those progress independently, each at its own pace.
         """
+        several = any(getattr(c, "several_budgets", False) for c in self._clients.values())
+        if not several:
+            handled = 0
+            while handled < limit and (chosen := self._choose(lanes=lanes, busy=set(), scan=1)):
+                for lane, item in chosen.items():
+                    self._send_one(lane, item)
+                handled += len(chosen)
+            return handled
         handled = 0
-        while handled < limit:
-            now = time.monotonic()
-            paused = dict(self._paused)  # a copy: other lanes' threads add their own keys meanwhile
-            skip = {lane for lane, until in paused.items() if until > now}  # a paused lane waits alone
-            if lanes is not None:
-                skip |= {p for p in self._journal.feedback_lanes() if p not in lanes}
-            items = self._journal.take_feedback(limit=1, skip=skip)
-            busy = skip | {item.provider for item in items}
-            items += self._journal.take_feedback(limit=1, skip=busy, phase="deployment")
-            if not items:
-                break
-            for item in items:
-                if self._paused.get(item.provider, 0.0) > time.monotonic():
-                    continue  # paused meanwhile: not an attempt, it waits like the item that hit the limit
-                wait = self._budget_wait(item.provider)
-                if wait > 0:  # slow down before a cap, not after a 403
-                    self._paused[item.provider] = time.monotonic() + wait
-                    logger.info("feedback lane %s: write budget spent, pausing %.0f s", item.provider, wait)
-                    continue
-                handled += 1
-                with bind(pr=item.pr, provider=item.provider):
-                    self._send(item)
-            if all(self._paused.get(item.provider, 0.0) > time.monotonic() for item in items):
-                break  # every lane that had work is paused now
-        return handled
+        in_flight: dict[str, Future[None]] = {}
+        with ThreadPoolExecutor(max_workers=_BUDGETS_AT_ONCE, thread_name_prefix="feedback-budget") as pool:
+            while True:
+                room = min(limit - handled, _BUDGETS_AT_ONCE - len(in_flight))
+                if room > 0:
+                    chosen = self._choose(lanes=lanes, busy=set(in_flight), scan=_SCAN)
+                    for lane, item in list(chosen.items())[:room]:
+                        in_flight[lane] = pool.submit(self._send_one, lane, item)
+                        handled += 1
+                if not in_flight:
+                    return handled
+                done, _ = wait(in_flight.values(), return_when=FIRST_COMPLETED)
+                for lane in [lane for lane, future in in_flight.items() if future in done]:
+                    in_flight.pop(lane).result()
+
+    def _choose(self, *, lanes: Collection[str] | None, busy: set[str], scan: int) -> dict[str, OutboxItem]:
+        """The most urgent item of each write budget that is neither paused, nor over its caps, nor
+        already sending (``busy``)."""
+        now = time.monotonic()
+        paused = {lane for lane, until in dict(self._paused).items() if until > now}  # a copy: other threads
+        skip = set(paused)  # a paused provider-wide budget is not even read
+        if lanes is not None:
+            skip |= {p for p in self._journal.feedback_lanes() if p not in lanes}
+        chosen: dict[str, OutboxItem] = {}
+        commented: set[str] = set()
+        for item in self._journal.take_feedback(limit=scan, skip=skip):
+            lane = self._lane(item)
+            commented.add(lane)
+            if lane not in paused and lane not in busy:
+                chosen.setdefault(lane, item)
+        for item in self._journal.take_feedback(limit=scan, skip=skip, phase="deployment"):
+            lane = self._lane(item)
+            if lane not in paused and lane not in busy and lane not in commented:
+                chosen.setdefault(lane, item)
+        for lane in list(chosen):
+            wait_for = self._budget_wait(lane)
+            if wait_for > 0:  # slow down before a cap, not after a 403
+                self._paused[lane] = time.monotonic() + wait_for
+                logger.info("feedback lane %s: write budget spent, pausing %.0f s", lane, wait_for)
+                del chosen[lane]
+        return chosen
+
+    def _send_one(self, lane: str, item: OutboxItem) -> None:
+        with bind(pr=item.pr, provider=item.provider):
+            self._send(item, lane=lane)
+
+    def _lane(self, item: OutboxItem) -> str:
+        """The write budget an item spends: its provider's, or its GitHub App installation's."""
+        client = self._clients.get(item.provider)
+        if client is None or not getattr(client, "several_budgets", False):
+            return item.provider
+        pr = item.payload.get("pr")
+        repo = str(item.payload.get("repo") or (pr.get("repo") if isinstance(pr, dict) else ""))
+        try:
+            return str(client.lane(repo=repo))  # type: ignore[attr-defined]
+        except DevstackError:
+            return item.provider  # the send will fail the same way, and say why
 
     def writes(self) -> dict[str, tuple[int, int]]:
         """lane -> writes in the last minute and the last hour."""
@@ -259,7 +304,8 @@ class FeedbackSender:
                 wait = max(wait, 3600 - (now - times[-limits.max_writes_per_hour]))
             return max(0.0, wait)
 
-    def _send(self, item: OutboxItem) -> None:
+    def _send(self, item: OutboxItem, *, lane: str | None = None) -> None:
+        lane = lane or item.provider
         client = self._clients.get(item.provider)
         reply = item.payload.get("kind") == "reply"
         feedback = None if reply else feedback_from_dict(item.payload)
@@ -272,13 +318,13 @@ class FeedbackSender:
         try:
             if feedback is None:
                 client.reply(repo=item.payload["repo"], number=int(item.payload["number"]), body=body)
-                self._wrote(item.provider, 1)
+                self._wrote(lane, 1)
                 self._journal.feedback_sent(item, body=body)
                 self._metrics.feedback_sent.labels(item.provider).inc()
                 return
             if item.phase == "deployment":
                 deployed, deployment_id = self._deployment(client, feedback, item)
-                self._wrote(item.provider, 2 if deployment_id is not None else 1)
+                self._wrote(lane, 2 if deployment_id is not None else 1)
                 self._journal.feedback_sent(item, body=item.sent_body, deployed_sha=deployed,
                                             deployment_id=deployment_id)
                 return
@@ -286,11 +332,11 @@ class FeedbackSender:
                 repo=feedback.pr.repo, number=feedback.pr.number, body=body, marker=MARKER,
                 comment_id=item.comment_id,
             )
-            self._wrote(item.provider, 0 if body == item.sent_body else 1)
+            self._wrote(lane, 0 if body == item.sent_body else 1)
         except TemporaryError as exc:
             self._metrics.feedback_failures.labels(item.provider, "temporary").inc()
             if exc.delay:
-                self._paused[item.provider] = time.monotonic() + exc.delay
+                self._paused[lane] = time.monotonic() + exc.delay
             dead = self._journal.feedback_failed(
                 item, error=str(exc), max_attempts=self._settings.feedback.max_attempts,
                 backoff_max=self._settings.feedback.backoff_max, delay=exc.delay,

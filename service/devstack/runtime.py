@@ -126,7 +126,7 @@ def provider_clients(settings: Settings) -> dict[str, ProviderClient]:
     clients: dict[str, ProviderClient] = {}
     github = settings.providers.github
     key = github.app_key()
-    if key is not None and github.app_id and github.installation_id:
+    if key is not None and github.app_id:
         from devstack.providers.github import GitHubApp, GitHubClient
 
         app = GitHubApp(app_id=github.app_id, private_key=key, installation_id=github.installation_id)

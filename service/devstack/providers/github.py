@@ -12,6 +12,7 @@ import hmac
 import logging
 import math
 import re
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -327,7 +328,7 @@ class GitHubApp:
 
     app_id: int
     private_key: SecretStr  # the PEM text
-    installation_id: int
+    installation_id: int | None = None  # None: each repository's installation is looked up (several orgs)
 
 
 class _InstallationAuth(Auth.AppInstallationAuth):
@@ -365,11 +366,13 @@ class GitHubClient:
         auth: Auth.Auth
         self._app = app
         self._api_url = api_url.rstrip("/")
-        if app is not None:
+        if app is not None and app.installation_id is not None:
             # A GitHub App: a JWT signed with the private key buys installation tokens, which PyGithub
             # renews before they expire (an hour).
             auth = _InstallationAuth(Auth.AppAuth(app.app_id, app.private_key.get_secret_value()),
                                      app.installation_id)
+        elif app is not None:  # one installation per owner, found per repository (_for)
+            auth = Auth.AppAuth(app.app_id, app.private_key.get_secret_value())
         elif token is not None and token.get_secret_value():
             auth = Auth.Token(token.get_secret_value())
             redact.register(token)
@@ -378,17 +381,22 @@ class GitHubClient:
         self._login: str | None = None
         self._login_looked_up = False
         self._seen: OrderedDict[int, IssueComment] = OrderedDict()  # comment id -> as last seen, with its ETag
-        self._github = Github(
-            base_url=api_url.rstrip("/"),
-            auth=auth,
-            timeout=max(1, math.ceil(timeout)),  # PyGithub insists on an int
-            retry=None,  # the outbox retries, with backoff; never block a worker here
-            per_page=100,
-            seconds_between_requests=seconds_between_requests or None,
-            seconds_between_writes=seconds_between_writes or None,
-            user_agent="devstack",
-            lazy=True,  # no GET for objects we only need the URL of
-        )
+        self._options: dict[str, Any] = {
+            "base_url": api_url.rstrip("/"),
+            "timeout": max(1, math.ceil(timeout)),  # PyGithub insists on an int
+            "retry": None,  # the outbox retries, with backoff; never block a worker here
+            "per_page": 100,
+            "seconds_between_requests": seconds_between_requests or None,
+            "seconds_between_writes": seconds_between_writes or None,  # per client: per token / installation
+            "user_agent": "devstack",
+            "lazy": True,  # no GET for objects we only need the URL of
+        }
+        self._github = Github(auth=auth, **self._options)
+        # A GitHub App installed in several organisations, with no installation_id configured: one
+        # client per installation (each its own token, pacing and rate limit), found per owner.
+        self._installations: dict[int, Github] = {}
+        self._installation_of: dict[str, int] = {}
+        self._installations_lock = threading.Lock()
 
     # -- the sticky comment
 
@@ -415,8 +423,9 @@ class GitHubClient:
                 logger.info("created the devstack comment %s on %s#%s", created.id, repo, number)
                 return int(created.id)
             if comment.body != body:
-                headers, data = self._github.requester.requestJsonAndCheck("PATCH", comment.url, input={"body": body})
-                self._remember(self._github.create_from_raw_data(IssueComment, data, headers))
+                github = self._for(repo)
+                headers, data = github.requester.requestJsonAndCheck("PATCH", comment.url, input={"body": body})
+                self._remember(github.create_from_raw_data(IssueComment, data, headers))
                 logger.info("edited the devstack comment %s on %s#%s", comment.id, repo, number)
             else:
                 logger.debug("the devstack comment %s on %s#%s is current", comment.id, repo, number)
@@ -532,7 +541,7 @@ class GitHubClient:
         if deployment_id is not None:
             with self._calls(f"deactivating {environment} of {repo}"):
                 try:
-                    self._github.requester.requestJsonAndCheck(
+                    self._for(repo).requester.requestJsonAndCheck(
                         "POST", f"/repos/{repo}/deployments/{int(deployment_id)}/statuses",
                         input={"state": "inactive", "description": "Preview removed"},
                     )
@@ -599,7 +608,7 @@ class GitHubClient:
         with self._calls(f"listing open pull requests of {repo}"):
             # The requester directly: PyGithub's list objects would each GET themselves again for raw_data.
             for page in range(1, _MAX_PAGES + 1):
-                _, data = self._github.requester.requestJsonAndCheck(
+                _, data = self._for(repo).requester.requestJsonAndCheck(
                     "GET", f"/repos/{repo}/pulls", parameters={"state": "open", "per_page": 100, "page": page}
                 )
                 if not isinstance(data, list):
@@ -612,16 +621,59 @@ class GitHubClient:
         return [_from_api(raw, repo=repo) for raw in raws]
 
     def rate_limit_remaining(self) -> int | None:
-        """Requests left in GitHub's rate-limit window, as the last response said (None: not seen yet)."""
-        remaining = self._github.requester.rate_limiting[0]
-        return remaining if remaining >= 0 else None
+        """Requests left in GitHub's rate-limit window, as the last response said (None: not seen yet);
+        with several installations, the lowest."""
+        seen = [github.requester.rate_limiting[0] for github in (self._github, *self._installations.values())]
+        known = [remaining for remaining in seen if remaining >= 0]
+        return min(known) if known else None
+
+    @property
+    def several_budgets(self) -> bool:
+        """An App with no installation_id: each organisation's installation is its own write budget."""
+        return self._app is not None and self._app.installation_id is None
+
+    def lane(self, *, repo: str) -> str:
+        """The write budget ``repo``'s feedback spends: ``github`` (the token, or the one configured
+        installation), or ``github/installation-<id>`` for an App installed in several organisations."""
+        if self._app is None or self._app.installation_id is not None:
+            return "github"
+        with self._calls(f"the App installation of {repo}"):
+            self._for(repo)
+        return f"github/installation-{self._installation_of[repo.split('/', 1)[0].lower()]}"
+
+    def _for(self, repo: str) -> Github:
+        """The client whose token may act on ``repo``: the only one, or (an App with no
+        installation_id) its installation on the repository's owner, looked up once
+        (``GET /repos/{owner}/{repo}/installation`` with the App's JWT)."""
+        if self._app is None or self._app.installation_id is not None:
+            return self._github
+        if not _FULL_NAME.fullmatch(repo):
+            raise ProviderRejected(f"not a GitHub repository name: {repo[:100]!r}")
+        owner, name = repo.split("/", 1)
+        with self._installations_lock:
+            installation = self._installation_of.get(owner.lower())
+            if installation is None:
+                integration = GithubIntegration(
+                    auth=Auth.AppAuth(self._app.app_id, self._app.private_key.get_secret_value()),
+                    base_url=self._options["base_url"], timeout=self._options["timeout"], retry=None,
+                    seconds_between_requests=None, user_agent="devstack",
+                )
+                installation = int(integration.get_repo_installation(owner, name).id)
+                self._installation_of[owner.lower()] = installation
+                logger.info("GitHub App installation %s serves %s", installation, owner)
+            github = self._installations.get(installation)
+            if github is None:
+                auth = _InstallationAuth(Auth.AppAuth(self._app.app_id, self._app.private_key.get_secret_value()),
+                                         installation)
+                github = self._installations[installation] = Github(auth=auth, **self._options)
+            return github
 
     # -- plumbing
 
     def _repo(self, repo: str) -> Repository:
         if not _FULL_NAME.fullmatch(repo):
             raise ProviderRejected(f"not a GitHub repository name: {repo[:100]!r}")
-        return self._github.get_repo(repo)
+        return self._for(repo).get_repo(repo)
 
     @contextmanager
     def _calls(self, what: str) -> Iterator[None]:
