@@ -217,7 +217,7 @@ def test_a_lane_slows_down_before_the_write_cap_and_the_budget_is_visible(tmp_pa
     settings = load_settings(None, overrides={"feedback": {"deployments": False, "max_writes_per_minute": 3}})
     sender = FeedbackSender(settings=settings, journal=journal, clients={"github": github, "gitlab": gitlab})
     metrics = Metrics()
-    metrics.watch(FeedbackCollector(queues=journal.feedback_queues, writes=sender.writes))
+    metrics.watch(FeedbackCollector(queues=sender.queues, writes=sender.writes))
     while sender.run_once():
         pass
     assert len(github.notes) == 3 and len(gitlab.notes) == 1

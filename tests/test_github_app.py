@@ -238,11 +238,17 @@ def test_one_installation_s_rate_limit_or_slowness_never_holds_up_another(
     limited = TwoOrgs(limited="globex")
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         limited.install(rsps)
-        sender, _, _ = _two_org_sender(key, tmp_path / "limited")
+        sender, _, client = _two_org_sender(key, tmp_path / "limited")
         while sender.run_once():
             pass
     assert [org for org, _, _ in limited.posted] == ["acme"] * 3
     assert limited.attempts["globex"] == 1
+    # the budget per installation, as /metrics shows it: globex's queue waits, acme's is empty
+    queues = sender.queues()
+    assert list(queues) == [("github/installation-22", "comment")]
+    assert queues[("github/installation-22", "comment")][0] == 3
+    assert sender.writes() == {"github/installation-11": (3, 3)}
+    assert set(client.rate_limits()) == {"github/installation-11", "github/installation-22"}
 
     slow = TwoOrgs(slow="globex")
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:

@@ -271,6 +271,18 @@ class FeedbackSender:
         except DevstackError:
             return item.provider  # the send will fail the same way, and say why
 
+    def queues(self) -> dict[tuple[str, str], tuple[int, float]]:
+        """(lane, phase) -> (items waiting, age in seconds of the oldest), for the metrics: per write
+        budget, so each GitHub App installation's queue shows on its own (no API call at scrape time)."""
+        now = self._journal.now()
+        result: dict[tuple[str, str], tuple[int, float]] = {}
+        for provider, phase, repo, updated_at in self._journal.feedback_waiting():
+            client = self._clients.get(provider)
+            lane = client.known_lane(repo=repo) if getattr(client, "several_budgets", False) else provider  # type: ignore[union-attr]
+            count, age = result.get((lane, phase), (0, 0.0))
+            result[(lane, phase)] = (count + 1, max(age, now - updated_at))
+        return result
+
     def writes(self) -> dict[str, tuple[int, int]]:
         """lane -> writes in the last minute and the last hour."""
         now = time.monotonic()

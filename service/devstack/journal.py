@@ -624,12 +624,22 @@ class Journal:
                 _requeue(db, pr=pr, payload=json.loads(row["payload"]), now=now)
         self.signal("feedback")
 
-    def feedback_queues(self) -> dict[tuple[str, str], tuple[int, float]]:
-        """(lane, phase) -> (pending items, age in seconds of the oldest), for the metrics."""
-        now = self._clock()
-        rows = self._query("SELECT provider, phase, COUNT(*) AS n, MIN(updated_at) AS oldest FROM outbox"
-                           " WHERE status = 'pending' GROUP BY provider, phase")
-        return {(row["provider"], row["phase"]): (row["n"], max(0.0, now - row["oldest"])) for row in rows}
+    def feedback_waiting(self, *, limit: int = 5000) -> list[tuple[str, str, str, float]]:
+        """(provider, phase, repo, updated_at) of pending feedback, oldest first, at most ``limit``."""
+        rows = self._query("SELECT provider, phase, pr, payload, updated_at FROM outbox WHERE status = 'pending'"
+                           " ORDER BY updated_at LIMIT ?", (limit,))
+        waiting = []
+        for row in rows:
+            pr = str(row["pr"])
+            if pr.startswith("reply:"):
+                repo = str(json.loads(row["payload"]).get("repo", ""))
+            else:
+                repo = pr.split(":", 1)[-1].rsplit("#", 1)[0]
+            waiting.append((str(row["provider"]), str(row["phase"]), repo, float(row["updated_at"])))
+        return waiting
+
+    def now(self) -> float:
+        return self._clock()
 
     def feedback_lanes(self) -> list[str]:
         """The providers that have feedback waiting."""

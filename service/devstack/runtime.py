@@ -7,7 +7,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,15 @@ def register_secrets(settings: Settings) -> None:
     redact.register_url(settings.gitops.url)
 
 
+def rate_limits(clients: Mapping[str, ProviderClient]) -> dict[str, int | None]:
+    """Requests left per write budget: per provider, or per GitHub App installation."""
+    limits: dict[str, int | None] = {}
+    for name, client in clients.items():
+        per_lane = getattr(client, "rate_limits", None)
+        limits.update(per_lane() if per_lane is not None else {name: client.rate_limit_remaining()})
+    return limits
+
+
 def provider_clients(settings: Settings) -> dict[str, ProviderClient]:
     """An API client per provider that has a token; without one, feedback is recorded locally."""
     clients: dict[str, ProviderClient] = {}
@@ -222,7 +231,7 @@ class Runtime:
         metrics.watch(StateCollector(
             counts=journal.counts, outbox=journal.outbox_counts, pending_by_queue=journal.pending_by_queue,
             previews=worker.snapshot,
-            rate_limits=lambda: {name: client.rate_limit_remaining() for name, client in clients.items()},
+            rate_limits=lambda: rate_limits(clients),
             oldest_pending=journal.oldest_pending, quarantined=worker.quarantined,
             git_healthy=lambda: worker.healthy,
         ))
@@ -232,7 +241,7 @@ class Runtime:
             return (status.phase.value, status.reason) if status is not None else None
 
         sender = FeedbackSender(settings=settings, journal=journal, clients=dict(clients), metrics=metrics, live=live)
-        metrics.watch(FeedbackCollector(queues=journal.feedback_queues, writes=sender.writes))
+        metrics.watch(FeedbackCollector(queues=sender.queues, writes=sender.writes))
         runtime = cls(
             settings=settings, journal=journal, store=store, worker=worker, metrics=metrics,
             sender=sender,

@@ -627,6 +627,23 @@ class GitHubClient:
         known = [remaining for remaining in seen if remaining >= 0]
         return min(known) if known else None
 
+    def rate_limits(self) -> dict[str, int | None]:
+        """Requests left per write budget (lane), as the last responses said (None: not seen yet)."""
+        if not self.several_budgets:
+            return {"github": self.rate_limit_remaining()}
+        with self._installations_lock:
+            clients = dict(self._installations)
+        return {f"github/installation-{installation}": (github.requester.rate_limiting[0]
+                                                        if github.requester.rate_limiting[0] >= 0 else None)
+                for installation, github in sorted(clients.items())}
+
+    def known_lane(self, *, repo: str) -> str:
+        """The lane of ``repo`` as far as already known, without asking GitHub (for the metrics)."""
+        if not self.several_budgets:
+            return "github"
+        installation = self._installation_of.get(repo.split("/", 1)[0].lower())
+        return f"github/installation-{installation}" if installation is not None else "github"
+
     @property
     def several_budgets(self) -> bool:
         """An App with no installation_id: each organisation's installation is its own write budget."""
