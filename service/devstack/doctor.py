@@ -231,52 +231,52 @@ def _check_github_app(settings: Settings, *, api: str, key: str) -> Iterator[Che
         return
     headers = {"Authorization": f"Bearer {jwt}", "Accept": "application/vnd.github+json"}
     if github.installation_id is None:  # one installation per owner: check the one of every catalog repository
-        repos = sorted({s.repo for s in settings.services.values() if s.provider == "github"})
+        repos = _repos(settings, "github")
         for repo in repos:
-            found = _get(f"{api}/repos/{repo}/installation", headers)
-            if isinstance(found, str):
-                yield fail("github app", found, f"check providers.github.api_url ({api}) and the network")
-                return
-            if found.status_code == 404:
-                yield fail("github app", f"App {github.app_id} is not installed on {repo}",
-                           "install the App on the organisation or repository (its public page, Install)")
-                return
-            if not found.ok:
-                yield fail("github app", f"GET /repos/{repo}/installation answered {found.status_code} "
-                           f"{_message(found)}", "check providers.github.app_id and the private key")
-                return
-            problem = _installation_lacks(found.json())
-            if problem:
-                yield fail("github app", f"the installation on {repo} lacks {problem}", _PERMISSIONS_FIX)
+            installation = _installation(
+                f"{api}/repos/{repo}/installation", headers, api=api, where=f"the installation on {repo}",
+                not_found=fail("github app", f"App {github.app_id} is not installed on {repo}",
+                               "install the App on the organisation or repository (its public page, Install)"))
+            if isinstance(installation, Check):
+                yield installation
                 return
         yield ok("github app", f"App {github.app_id}: installed on {len(repos)} repositor"
                  f"{'y' if len(repos) == 1 else 'ies'}, each installation with the permissions and events "
                  "devstack needs (one write budget per installation)")
         return
-    found = _get(f"{api}/app/installations/{github.installation_id}", headers)
-    if isinstance(found, str):
-        yield fail("github app", found, f"check providers.github.api_url ({api}) and the network")
-        return
-    if found.status_code == 401:
-        yield fail("github app", f"GitHub rejected the App's JWT (401 {_message(found)})",
-                   "check providers.github.app_id and that the private key is the App's (generate a new one "
-                   "in the App's settings)")
-        return
-    if found.status_code == 404:
-        yield fail("github app", f"installation {github.installation_id} of App {github.app_id} does not exist",
-                   "install the App on the catalog's repositories and set providers.github.installation_id "
-                   "to the number in the installation's URL")
-        return
-    if not found.ok:
-        yield fail("github app", f"GET /app/installations answered {found.status_code} {_message(found)}",
-                   "check providers.github.api_url")
-        return
-    problem = _installation_lacks(found.json())
-    if problem:
-        yield fail("github app", f"the installation lacks {problem}", _PERMISSIONS_FIX)
+    installation = _installation(
+        f"{api}/app/installations/{github.installation_id}", headers, api=api, where="the installation",
+        not_found=fail("github app", f"installation {github.installation_id} of App {github.app_id} does not exist",
+                       "install the App on the catalog's repositories and set providers.github.installation_id "
+                       "to the number in the installation's URL"))
+    if isinstance(installation, Check):
+        yield installation
         return
     yield ok("github app", f"App {github.app_id}, installation {github.installation_id}: permissions and events "
              "as devstack needs")
+
+
+def _installation(url: str, headers: dict[str, str], *, api: str, where: str, not_found: Check
+                  ) -> Check | Mapping[str, Any]:
+    """Read one App installation (with the App's JWT): the failed check, or the installation when it has
+    every permission and event devstack needs."""
+    found = _get(url, headers)
+    if isinstance(found, str):
+        return fail("github app", found, f"check providers.github.api_url ({api}) and the network")
+    if found.status_code == 401:
+        return fail("github app", f"GitHub rejected the App's JWT (401 {_message(found)})",
+                    "check providers.github.app_id and that the private key is the App's (generate a new one "
+                    "in the App's settings)")
+    if found.status_code == 404:
+        return not_found
+    if not found.ok:
+        return fail("github app", f"GET {url.removeprefix(api)} answered {found.status_code} {_message(found)}",
+                    "check providers.github.api_url")
+    installation: Mapping[str, Any] = found.json()
+    problem = _installation_lacks(installation)
+    if problem:
+        return fail("github app", f"{where} lacks {problem}", _PERMISSIONS_FIX)
+    return installation
 
 
 def check_gitlab(settings: Settings) -> Iterator[Check]:
