@@ -207,6 +207,16 @@ def _two_org_sender(key: rsa.RSAPrivateKey, tmp_path: Path) -> tuple[FeedbackSen
     return FeedbackSender(settings=settings, journal=journal, clients={"github": client}), journal, client
 
 
+def _drain(orgs: TwoOrgs, key: rsa.RSAPrivateKey, path: Path) -> tuple[FeedbackSender, Journal, GitHubClient]:
+    """Send everything queued for the two organisations against ``orgs``, until nothing more can go."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        orgs.install(rsps)
+        sender, journal, client = _two_org_sender(key, path)
+        while sender.run_once():
+            pass
+    return sender, journal, client
+
+
 def test_each_organisation_s_installation_is_found_once_and_writes_with_its_own_token(
     key: rsa.RSAPrivateKey, tmp_path: Path
 ) -> None:
@@ -214,14 +224,10 @@ def test_each_organisation_s_installation_is_found_once_and_writes_with_its_own_
     (``GET /repos/{owner}/{repo}/installation`` with the App's JWT) and writes with that installation's
     token: two organisations, two budgets."""
     orgs = TwoOrgs()
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        orgs.install(rsps)
-        sender, journal, client = _two_org_sender(key, tmp_path)
-        assert client.several_budgets
-        assert client.lane(repo="acme/payments") == "github/installation-11"
-        assert client.lane(repo="globex/ledger") == "github/installation-22"
-        while sender.run_once():
-            pass
+    sender, journal, client = _drain(orgs, key, tmp_path)
+    assert client.several_budgets
+    assert client.lane(repo="acme/payments") == "github/installation-11"  # known now: no request (no mock)
+    assert client.lane(repo="globex/ledger") == "github/installation-22"
     assert sorted(orgs.discovered) == ["acme", "globex"]  # once per owner
     assert {(org, token) for org, token, _ in orgs.posted} == {
         ("acme", "token ghs_token_of_acme_installation"), ("globex", "token ghs_token_of_globex_installation")}
@@ -236,11 +242,7 @@ def test_one_installation_s_rate_limit_or_slowness_never_holds_up_another(
     the other's comments all go out and the limited one is tried once. One slow (0.4 s a write): the
     other's three comments are out before the slow one's second."""
     limited = TwoOrgs(limited="globex")
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        limited.install(rsps)
-        sender, _, client = _two_org_sender(key, tmp_path / "limited")
-        while sender.run_once():
-            pass
+    sender, _, client = _drain(limited, key, tmp_path / "limited")
     assert [org for org, _, _ in limited.posted] == ["acme"] * 3
     assert limited.attempts["globex"] == 1
     # the budget per installation, as /metrics shows it: globex's queue waits, acme's is empty
@@ -251,11 +253,7 @@ def test_one_installation_s_rate_limit_or_slowness_never_holds_up_another(
     assert set(client.rate_limits()) == {"github/installation-11", "github/installation-22"}
 
     slow = TwoOrgs(slow="globex")
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        slow.install(rsps)
-        sender, _, _ = _two_org_sender(key, tmp_path / "slow")
-        while sender.run_once():
-            pass
+    _drain(slow, key, tmp_path / "slow")
     acme = [at for org, _, at in slow.posted if org == "acme"]
     globex = [at for org, _, at in slow.posted if org == "globex"]
     assert len(acme) == 3 and len(globex) == 3
