@@ -193,6 +193,8 @@ class FeedbackSender:
         # provider's client (one token or GitHub App installation per provider): the limit is the
         # token's, so no request of that lane goes out before then; the other lanes go on.
         self._paused: dict[str, float] = {}
+        # a GitHub App installed in several organisations: its installations send in parallel
+        self._several_budgets = any(getattr(c, "several_budgets", False) for c in clients.values())
 
     def run_once(self, *, limit: int = 20, lanes: Collection[str] | None = None) -> int:
         """Send what is due, at most ``limit`` items, for the providers in ``lanes`` (default: all);
@@ -204,8 +206,7 @@ class FeedbackSender:
         is a provider's token, or each installation of a GitHub App installed in several
         organisations: those progress independently, each at its own pace.
         """
-        several = any(getattr(c, "several_budgets", False) for c in self._clients.values())
-        if not several:
+        if not self._several_budgets:
             handled = 0
             while handled < limit and (chosen := self._choose(lanes=lanes, busy=set(), scan=1)):
                 for lane, item in chosen.items():
@@ -234,16 +235,14 @@ class FeedbackSender:
         now = time.monotonic()
         paused = {lane for lane, until in dict(self._paused).items() if until > now}  # a copy: other threads
         skip = set(paused)  # a paused provider-wide budget is not even read
-        if lanes is not None:
-            skip |= {p for p in self._journal.feedback_lanes() if p not in lanes}
         chosen: dict[str, OutboxItem] = {}
         commented: set[str] = set()
-        for item in self._journal.take_feedback(limit=scan, skip=skip):
+        for item in self._journal.take_feedback(limit=scan, skip=skip, only=lanes):
             lane = self._lane(item)
             commented.add(lane)
             if lane not in paused and lane not in busy:
                 chosen.setdefault(lane, item)
-        for item in self._journal.take_feedback(limit=scan, skip=skip, phase="deployment"):
+        for item in self._journal.take_feedback(limit=scan, skip=skip, only=lanes, phase="deployment"):
             lane = self._lane(item)
             if lane not in paused and lane not in busy and lane not in commented:
                 chosen.setdefault(lane, item)

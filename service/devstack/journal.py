@@ -641,24 +641,23 @@ class Journal:
     def now(self) -> float:
         return self._clock()
 
-    def feedback_lanes(self) -> list[str]:
-        """The providers that have feedback waiting."""
-        return [row["provider"] for row in self._query("SELECT DISTINCT provider FROM outbox WHERE status = 'pending'")]
-
-    def take_feedback(self, *, limit: int, skip: Iterable[str] = (), phase: str = "comment") -> list[OutboxItem]:
+    def take_feedback(
+        self, *, limit: int, skip: Iterable[str] = (), only: Iterable[str] | None = None, phase: str = "comment"
+    ) -> list[OutboxItem]:
         """Feedback due now in ``phase`` (``comment``, or ``deployment`` once its comment is out), at
-        most ``limit`` per provider lane, none of the lanes in ``skip`` (a provider that asked to wait):
-        one lane's backlog never hides another's items.
+        most ``limit`` per provider lane, none of the lanes in ``skip`` (a provider that asked to wait)
+        and, with ``only``, only those: one lane's backlog never hides another's items.
 
         Within a lane, what a human waits for first: replies to commands, then first comments, then
         edits of existing comments; oldest first within each.
         """
-        skipped = sorted(set(skip))
+        skipped = set(skip)
+        wanted = None if only is None else set(only)
         now = self._clock()
         lanes = [row["provider"] for row in self._query(
             "SELECT DISTINCT provider FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? AND phase = ?",
             (now, phase),
-        ) if row["provider"] not in skipped]
+        ) if row["provider"] not in skipped and (wanted is None or row["provider"] in wanted)]
         items: list[OutboxItem] = []
         for lane in sorted(lanes):
             rows = self._query(
