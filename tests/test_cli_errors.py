@@ -48,6 +48,8 @@ def _cases(down: str) -> dict[str, tuple[list[str], int, str]]:
         "down": (["down", "demo", "--url", down, "--token", "t"], 1, "read the GitOps repo directly with --config"),
         "set": (["set", "demo", "payments-api", "NOEQUALS"], 2, "'NOEQUALS' is not KEY=VALUE"),
         "restart": (["restart", "demo", "payments-api", "--config", "missing.yaml"], 2, "cannot be read"),
+        "sleep": (["sleep", "demo", "no-such-service"], 2, "unknown service 'no-such-service'"),
+        "wake": (["wake", "demo", "--url", down, "--token", "t"], 1, "no devstack server is reachable"),
         "reap": (["reap", "--config", "not-a-mapping.yaml"], 2, "must be a mapping"),
         "resync": (["resync", "--config", "not-a-mapping.yaml"], 2, "must be a mapping"),
         "redrive": (["redrive", "--url", down, "--token", "t"], 1, "no devstack server is reachable"),

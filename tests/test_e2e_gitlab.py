@@ -95,7 +95,8 @@ def test_open_update_merge(
     assert element["service"] == "ledger-svc"
     assert element["values"]["image"] == {"repository": "registry.example.com/platform/ledger-svc", "tag": SHA1}
     assert element["source"] == {"provider": "gitlab", "repo": REPO, "number": "7", "sha": SHA1,
-                                 "url": f"https://gitlab.example.com/{REPO}/-/merge_requests/7", "branch": "login-fix"}
+                                 "url": f"https://gitlab.example.com/{REPO}/-/merge_requests/7", "branch": "login-fix",
+                                 "author": "ada"}
     assert element["requestedBy"] == [KEY]
     [note] = gitlab.notes_on(REPO, 7)
     assert note["body"].startswith("<!-- devstack:preview -->")

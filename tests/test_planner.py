@@ -54,7 +54,7 @@ def test_opened_creates_one_entry_per_service_of_the_repo(settings: Settings) ->
     assert element["values"]["host"] == "login-fix--payments-api.preview.example.com"
     assert element["source"] == {"provider": "github", "repo": "acme/payments", "number": "42",
                                  "url": "https://github.com/acme/payments/pull/42", "sha": SHA1,
-                                 "branch": "login-fix"}
+                                 "branch": "login-fix", "author": "octocat"}
     assert element["requestedBy"] == ["github:acme/payments#42"]
     assert element["expiresAt"] == "2026-11-23T10:00:00Z"  # 72h default
     assert element["chart"]["repoURL"] == "https://git.example.com/acme/gitops.git"

@@ -23,13 +23,14 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from devstack import __version__, dashboard, redact, setup_github
+from devstack import wake as waking
 from devstack.catalog import Settings
 from devstack.commands import CLI_OPS, cli_command
 from devstack.decode import Decoder
@@ -52,7 +53,8 @@ class ErrorAnswer(BaseModel):
 
 _REASONS = {400: "malformed request", 401: "missing or wrong signature or token",
             403: "webhooks from this provider are off (no webhook secret configured for it)", 404: "not found",
-            413: "body larger than security.max_body_bytes (webhooks) or security.max_api_body_bytes"}
+            413: "body larger than security.max_body_bytes (webhooks) or security.max_api_body_bytes",
+            429: "too many requests (the wake endpoint: sleep.wake_rate a minute per preview host)"}
 
 
 class BodyLimit:
@@ -118,6 +120,7 @@ def create_app(
         app.state.api_tokens = api_tokens(settings)
         redact.register(*app.state.api_tokens, *(s for values in app.state.webhook_secrets.values() for s in values))
         app.state.decoder = Decoder()
+        app.state.waker = waking.Waker(journal=runtime.journal)
         if run_workers:
             runtime.start()
         try:
@@ -286,7 +289,13 @@ def create_app(
     async def reap(request: Request, dry_run: bool = False) -> dict[str, Any]:
         runtime: Runtime = request.app.state.runtime
         summary = await run_in_threadpool(runtime.reaper.run_once, dry_run=dry_run)
-        return {"summary": summary.format(), "expired": summary.expired, "warned": summary.warned}
+        result: dict[str, Any] = {"summary": summary.format(), "expired": summary.expired, "warned": summary.warned}
+        if runtime.sleeper is not None:
+            sleep = await run_in_threadpool(runtime.sleeper.run_once, dry_run=dry_run)
+            result["summary"] += "\n" + sleep.format()
+            result["sleeping"] = sleep.sleeping
+            result["waking"] = sleep.waking
+        return result
 
     @app.post("/api/resync", dependencies=[Depends(authorized)], responses=_errors(401))
     async def resync(request: Request, dry_run: bool = False) -> dict[str, Any]:
@@ -300,6 +309,42 @@ def create_app(
         runtime: Runtime = request.app.state.runtime
         return {"redriven": await run_in_threadpool(runtime.journal.redrive)}
 
+    limiter = waking.WakeLimiter(per_minute=settings.sleep.wake_rate)
+
+    @app.get("/wake/{feature}/{service}", status_code=503, responses=_errors(404, 429))
+    async def wake(request: Request, feature: str, service: str) -> Response:
+        """A request to a sleeping preview (the chart routes its hosts here while it sleeps): wakes
+        its stack and answers 503 + ``Retry-After`` (a page that reloads itself for a browser). No
+        token: only an existing preview can be woken; rate-limited per preview host."""
+        runtime: Runtime = request.app.state.runtime
+        counter = runtime.metrics.wake_requests
+        snapshot = runtime.worker.snapshot()
+        try:
+            element = waking.find(snapshot, feature=feature, service=service)
+        except waking.NotAPreview as exc:
+            counter.labels("unknown").inc()
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        wait = limiter.allow(str(element["values"]["host"]))
+        if wait:
+            counter.labels("limited").inc()
+            return JSONResponse({"error": f"too many wake requests for this preview; retry in {wait:.0f} s"},
+                                status_code=429, headers={"Retry-After": str(max(1, round(wait)))})
+        with bind(feature=feature):
+            result = await run_in_threadpool(request.app.state.waker.wake, snapshot=snapshot, feature=feature,
+                                             service=service, now=datetime.now(UTC))
+            if result.delivery_id:
+                logger.info("wake: a request to %s wakes the preview (%s)", service, result.delivery_id)
+        counter.labels("waking" if result.delivery_id else "on_its_way" if result.state == "waking"
+                       else "awake").inc()
+        headers = {"Retry-After": str(waking.RETRY_AFTER), "Cache-Control": "no-store"}
+        if "text/html" in request.headers.get("accept", ""):
+            return HTMLResponse(waking.page(feature=feature, service=service), status_code=503, headers=headers)
+        return JSONResponse({"status": "waking", "feature": feature, "service": service,
+                             "retryAfter": waking.RETRY_AFTER}, status_code=503, headers=headers)
+
+    # an API client's request to a sleeping preview may use any method: each wakes it the same way
+    app.add_api_route("/wake/{feature}/{service}", wake, methods=["HEAD", "POST", "PUT", "PATCH", "DELETE"],
+                      include_in_schema=False)
     app.include_router(dashboard.router())
     app.include_router(setup_github.router(settings))
     return app

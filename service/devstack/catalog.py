@@ -204,6 +204,12 @@ class ServiceSettings(_Model):
     depends_on: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     hooks: dict[str, Any] = Field(default_factory=dict)
+    team: str = Field("", description="the team that owns the service (usage by team, sleep.schedules)")
+
+    @field_validator("team")
+    @classmethod
+    def _team(cls, value: str) -> str:
+        return _team_name(value)
 
     @field_validator("image")
     @classmethod
@@ -267,6 +273,73 @@ class ClusterSettings(_Model):
     argocd: ArgoCDSettings = ArgoCDSettings()
 
 
+def _team_name(value: str) -> str:
+    if value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", value):
+        raise ValueError(f"{value[:40]!r} is not a team name (letters, digits, '-', '_', '.'; at most 63)")
+    return value
+
+
+def _schedule(value: str) -> str:
+    from devstack.sleep import InvalidSchedule, parse_schedule
+
+    try:
+        parse_schedule(value)
+    except InvalidSchedule as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+class WakeSettings(_Model):
+    service: str = Field("devstack", description="devstack's own Service, where a sleeping preview's routes go")
+    namespace: str = Field("devstack", description="... in this namespace")
+    port: int = Field(80, ge=1, le=65535, description="... on this port (the Service port, not the container's)")
+
+    @field_validator("service", "namespace")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", value):
+            raise ValueError(f"{value[:70]!r} is not a Kubernetes name (a DNS label)")
+        return value
+
+
+class SleepSettings(_Model):
+    enabled: bool = Field(True, description="the reaper puts idle previews to sleep (commands work either way)")
+    after: Duration = timedelta(hours=2)
+    outside_schedule_after: Duration = timedelta(minutes=30)
+    schedule: str | None = Field(None, description="working hours; none: always working hours")
+    schedules: dict[str, str] = Field(default_factory=dict, description="per team, or per repository glob")
+    wake: WakeSettings = WakeSettings()
+    wake_rate: int = Field(30, ge=1, le=100_000, description="wake requests per preview host per minute")
+    traefik_metrics_url: str = Field("", description="Traefik's Prometheus endpoint: requests count as activity")
+
+    @field_validator("schedule")
+    @classmethod
+    def _one(cls, value: str | None) -> str | None:
+        return _schedule(value) if value is not None else None
+
+    @field_validator("schedules")
+    @classmethod
+    def _each(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = []
+        for key, text in value.items():
+            try:
+                if "/" not in key:
+                    _team_name(key)
+                _schedule(text)
+            except ValueError as exc:
+                problems.append(f"{key[:60]!r}: {exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("traefik_metrics_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and not re.fullmatch(r"https?://[^\s]+", value):
+            raise ValueError("must be an http(s) URL of Traefik's Prometheus metrics, like http://traefik.traefik:9100/metrics")
+        return value
+
+
 class LabelSettings(_Model):
     prefix: str = "devstack/"
 
@@ -297,6 +370,18 @@ class Settings(BaseSettings):
     feedback: FeedbackSettings = FeedbackSettings()
     hooks: HooksSettings = HooksSettings()
     cluster: ClusterSettings = ClusterSettings()
+    sleep: SleepSettings = SleepSettings()
+    teams: dict[str, str] = Field(default_factory=dict, description="repository glob -> team (CODEOWNERS-like: "
+                                                                    "the last matching pattern wins)")
+
+    @field_validator("teams")
+    @classmethod
+    def _teams(cls, value: dict[str, str]) -> dict[str, str]:
+        for pattern, team in value.items():
+            if not pattern or len(pattern) > 255:
+                raise ValueError(f"{pattern[:40]!r} is not a repository pattern like acme/payments-*")
+            _team_name(team)
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for op, help_text in (("up", "create or extend a preview without a PR"), ("down", "remove a preview"),
                           ("set", "set environment variables of a service in a preview"),
-                          ("restart", "restart a service of a preview (a rollout)")):
+                          ("restart", "restart a service of a preview (a rollout)"),
+                          ("sleep", "put a preview (or some of its services) to sleep: scaled to zero until woken"),
+                          ("wake", "wake a sleeping preview (or some of its services)")):
         cmd = commands.add_parser(op, help=help_text)
         cmd.add_argument("feature", help="the preview's feature name")
         if op == "up":
@@ -117,12 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--ttl", help="how long it lives: 30m, 12h, 3d, forever (where allowed)")
         elif op in ("set", "restart"):
             cmd.add_argument("service", help="the service")
+        elif op in ("sleep", "wake"):
+            cmd.add_argument("services", nargs="*", metavar="SERVICE", help="only these services (default: all)")
         if op == "set":
             cmd.add_argument("pairs", nargs="+", metavar="KEY=VALUE", help="environment variables")
         _target_arguments(cmd)
         cmd.set_defaults(func=cmd_change, op=op)
 
-    for name, help_text in (("reap", "one TTL pass: remove expired previews, warn those expiring soon"),
+    for name, help_text in (("reap", "one pass: remove expired previews, warn those expiring soon, sleep idle ones"),
                             ("resync", "heal the previews from the providers' open pull requests")):
         cmd = commands.add_parser(name, help=help_text)
         cmd.add_argument("--dry-run", action="store_true", help="only say what would happen")
@@ -278,9 +282,10 @@ def cmd_pass(args: argparse.Namespace) -> int:
         print(response.json()["summary"])
         return 0
     with _local_runtime(settings) as runtime:
-        task = runtime.reaper if args.task == "reap" else runtime.resyncer
-        summary = task.run_once(dry_run=args.dry_run)
-        print(summary.format())
+        if args.task == "reap":
+            print(runtime.reap(dry_run=args.dry_run))
+        else:
+            print(runtime.resyncer.run_once(dry_run=args.dry_run).format())
         if not args.dry_run:
             for result in _drain(runtime):
                 if result.commit:

@@ -59,6 +59,9 @@ HELP = """\
 | `/devstack add <service>` | add a catalog service (and what it depends on) to this preview |
 | `/devstack remove <service>` | remove a service added with `add` |
 | `/devstack redeploy` | restart this pull request's services |
+| `/devstack sleep [<service>]` | put this preview (or one service) to sleep now: scaled to zero, woken by the \
+first request to its URL |
+| `/devstack wake [<service>]` | wake this preview (or one service) now |
 | `/devstack approve [<sha>]` | deploy this fork pull request at the commit you reviewed (the head when you \
 commented, or `<sha>`: 7+ hex digits); a new push needs a new approval |
 | `/devstack help` | this help |"""
@@ -66,7 +69,7 @@ commented, or `<sha>`: 7+ hex digits); a new push needs a new approval |
 
 @dataclass(frozen=True, kw_only=True)
 class Parsed:
-    name: str  # ttl | extend | add | remove | redeploy | approve | help
+    name: str  # ttl | extend | add | remove | redeploy | approve | sleep | wake | help
     arg: str = ""
 
 
@@ -106,15 +109,24 @@ def parse_comment(body: str, *, services: Sequence[str]) -> Parsed | Reply | Non
         except InvalidDuration as exc:
             return _usage(str(exc))
         return Parsed(name="ttl", arg=args[0].lower())
+    if name in ("sleep", "wake"):
+        if len(args) > 1:
+            return _usage(f"`{name}` takes nothing (the whole preview) or one service, like `/devstack {name} ledger`")
+        if args:
+            return _service(name, args[0], services)
+        return Parsed(name=name)
     if name in ("add", "remove"):
         if len(args) != 1:
             return _usage(f"`{name}` takes one service name, like `/devstack {name} ledger`")
-        service = args[0]
-        if naming.service_name_problem(service) or service not in services:
-            catalog = ", ".join(f"`{s}`" for s in sorted(services))
-            return Reply(text=f"Unknown service `{service[:40].replace('`', '')}`. The catalog has: {catalog}.")
-        return Parsed(name=name, arg=service)
+        return _service(name, args[0], services)
     return _usage(f"unknown command `{name[:40].replace('`', '')}`")
+
+
+def _service(name: str, service: str, services: Sequence[str]) -> Parsed | Reply:
+    if naming.service_name_problem(service) or service not in services:
+        catalog = ", ".join(f"`{s}`" for s in sorted(services))
+        return Reply(text=f"Unknown service `{service[:40].replace('`', '')}`. The catalog has: {catalog}.")
+    return Parsed(name=name, arg=service)
 
 
 def _usage(problem: str) -> Reply:
@@ -219,6 +231,9 @@ class CommandRunner:
         if parsed.name in ("extend", "redeploy"):
             self._command(comment, op=parsed.name)
             return f"{parsed.name} queued"
+        if parsed.name in ("sleep", "wake"):
+            self._command(comment, op=parsed.name, services=((parsed.arg, ""),) if parsed.arg else ())
+            return f"{parsed.name} {parsed.arg or 'preview'} queued"
         if parsed.name == "ttl":
             current = client.pull_request(repo=comment.repo, number=comment.number)  # labels as they are now
             wanted = label(self._settings, f"ttl:{parsed.arg}")
@@ -265,9 +280,11 @@ class CommandRunner:
         self._permissions[key] = (now, allowed)
         return allowed
 
-    def _command(self, comment: CommentEvent, *, op: str, args: tuple[tuple[str, str], ...] = ()) -> None:
+    def _command(self, comment: CommentEvent, *, op: str, args: tuple[tuple[str, str], ...] = (),
+                 services: tuple[tuple[str, str], ...] = ()) -> None:
         command = Command(delivery_id=f"{comment.delivery_id}/{op}", op=op, pr=comment.key, args=args,
-                          actor=f"{comment.provider.value}:{comment.author}", received_at=comment.received_at)
+                          services=services, actor=f"{comment.provider.value}:{comment.author}",
+                          received_at=comment.received_at)
         self._journal.record(delivery_id=command.delivery_id, provider=comment.provider.value, event=f"command:{op}",
                              pr=comment.key, payload=command.to_json())
 
@@ -293,9 +310,9 @@ class CommandRunner:
                       idle=lambda: self._journal.wait("comments", interval))
 
 
-# --- previews without a PR: devstack up / down / set / restart ----------------------------------
+# --- previews without a PR: devstack up / down / set / restart / sleep / wake ---------------------
 
-CLI_OPS = ("up", "down", "set", "restart")
+CLI_OPS = ("up", "down", "set", "restart", "sleep", "wake")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
@@ -322,7 +339,7 @@ def cli_command(
         pinned.append((name, tag))
     if op in ("up", "set", "restart") and not pinned:
         raise ValueError(f"{op} needs at least one service")
-    if op in ("set", "restart") and any(tag for _, tag in pinned):
+    if op in ("set", "restart", "sleep", "wake") and any(tag for _, tag in pinned):
         raise ValueError(f"{op} takes service names without a tag")
     args: list[tuple[str, str]] = []
     for key, value in (env or {}).items():

@@ -69,6 +69,10 @@ def validate(feature: str, elements: list[Element], *, fast: bool = False) -> No
             problems.append(f"namespace is not {namespace(feature)!r}")
         if element["values"]["service"] != service:
             problems.append("values.service differs from service")
+        asleep = bool(element.get("sleep"))
+        if asleep != (element["values"].get("sleep") is True) or asleep != ("wake" in element["values"]):
+            problems.append("sleep, values.sleep and values.wake disagree (all three are set while asleep, "
+                            "none while awake)")
         if problems:
             raise InvalidEntry(f"{entry_filename(feature)}: {index}: {'; '.join(problems)}")
         services.add(service)

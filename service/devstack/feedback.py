@@ -97,12 +97,14 @@ def render_comment(feedback: Feedback, *, live: tuple[str, str] | None = None) -
             notes=_notes(feedback),
         ).rstrip("\n") + "\n"
     rows = "\n".join(
-        f"| `{link.service}` | {link.url} | `{_short_image(link.image)}` | {_from(link, feedback)} |"
+        f"| `{link.service}` | {link.url} | `{_short_image(link.image)}` | {_from(link, feedback)} | {_state(link)} |"
         for link in feedback.services
     )
     return _template("comment-active.md").substitute(
         marker=MARKER,
-        headline=_headline(_code(feedback.feature), live),
+        headline=(f":zzz: Preview {_code(feedback.feature)} is asleep: it wakes on the first request"
+                  if feedback.services and all(link.asleep_since for link in feedback.services)
+                  else _headline(_code(feedback.feature), live)),
         rows=rows,
         header=feedback.header,
         feature_plain=feedback.feature,
@@ -149,6 +151,13 @@ def _code(text: str) -> str:
 def _short_image(image: str) -> str:
     repository, _, tag = image.rpartition(":")
     return f"{repository}:{tag[:12]}" if len(tag) == 40 else image
+
+
+def _state(link: ServiceLink) -> str:
+    """awake, or since when it sleeps (and that a request wakes it)."""
+    if not link.asleep_since:
+        return "awake"
+    return f":zzz: sleeping since {link.asleep_since.replace('T', ' ').replace('Z', ' UTC')}, wakes on first request"
 
 
 def _from(link: ServiceLink, feedback: Feedback) -> str:

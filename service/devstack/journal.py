@@ -13,6 +13,8 @@ until the worker has pushed its effect, so a restart (or ``kill -9``) resumes wh
 * ``outbox``: the latest feedback per PR (coalesced: ten pushes in a burst make one comment edit).
   Each enqueue replaces the payload and bumps ``version``; a send only completes the version it sent.
 * ``sticky``: per PR, the id of the sticky comment and the last deployed sha, to spend few API calls.
+* ``activity``: per feature and per preview service, when it was last active (PR events, commands,
+  wake requests, Traefik's request counts): what the reaper's sleep pass decides on.
 
 One connection guarded by a lock; WAL mode with ``synchronous=FULL`` so an acknowledged delivery
 survives a crash of the process and of the machine.
@@ -86,6 +88,10 @@ CREATE TABLE IF NOT EXISTS approvals (
 CREATE TABLE IF NOT EXISTS warnings (
     feature TEXT PRIMARY KEY,         -- the reaper warned this stack's PRs ...
     expires_at TEXT NOT NULL          -- ... about this expiry
+);
+CREATE TABLE IF NOT EXISTS activity (
+    key TEXT PRIMARY KEY,             -- a feature, or feature/service (devstack.sleep.activity_key) ...
+    at REAL NOT NULL                  -- ... and its latest activity: a PR event, a command, a request
 );
 CREATE TABLE IF NOT EXISTS sticky (
     pr TEXT PRIMARY KEY,
@@ -519,8 +525,9 @@ class Journal:
         """Forget finished history older than ``older_than`` (a timestamp); returns what was removed.
 
         Removed: ``done`` and ``ignored`` deliveries that arrived and finished before it, ``sent`` /
-        ``recorded`` outbox rows last changed before it, and the reaper's marks of warnings about
-        expiries that passed before it. Kept: pending and dead rows, everything newer
+        ``recorded`` outbox rows last changed before it, the reaper's marks of warnings about
+        expiries that passed before it, and activity older than it (the sleep pass then counts from
+        when it next sees the service). Kept: pending and dead rows, everything newer
         (so a redelivery inside the window is still a duplicate), a PR's applied states newer than
         one of its dead letters (a redrive is checked against them), and the ``sticky`` table (the
         comment id of every PR, so a PR that comes back edits its comment instead of posting another).
@@ -548,6 +555,7 @@ class Journal:
             # "never" sorts after every date and is kept)
             expired = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(older_than))
             db.execute("DELETE FROM warnings WHERE expires_at < ?", (expired,))
+            db.execute("DELETE FROM activity WHERE at < ?", (older_than,))
         return removed
 
     def recent(self, *, limit: int = 50) -> list[Delivery]:
@@ -605,6 +613,23 @@ class Journal:
         return {row["feature"]: row["expires_at"] for row in self._query("SELECT feature, expires_at FROM warnings")}
 
 
+
+    # --- activity (what the sleep pass decides on) -------------------------------------------------
+
+    def touch(self, key: str, at: float) -> None:
+        """Record activity of ``key`` (a feature, or ``feature/service``) at ``at``; never goes back."""
+        self.touch_many({key: at})
+
+    def touch_many(self, items: Mapping[str, float]) -> None:
+        if not items:
+            return
+        with self._tx() as db:
+            db.executemany("INSERT INTO activity (key, at) VALUES (?, ?) ON CONFLICT (key) DO UPDATE"
+                           " SET at = MAX(activity.at, excluded.at)", sorted(items.items()))
+
+    def activity(self) -> dict[str, float]:
+        """key -> its latest activity (epoch seconds)."""
+        return {row["key"]: row["at"] for row in self._query("SELECT key, at FROM activity")}
 
     def enqueue_feedback(self, *, pr: str, provider: str, payload: dict[str, Any]) -> None:
         """Queue feedback that is not a PR's state (a reply to a command): sent as given."""

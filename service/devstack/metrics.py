@@ -59,6 +59,11 @@ class Metrics:
             ["provider", "kind"], registry=self.registry,
         )
 
+        self.wake_requests = Counter(
+            "devstack_wake_requests", "Requests at the wake endpoint, by outcome (waking: a wake journaled; "
+            "on_its_way: one was already; awake; limited; unknown)", ["outcome"], registry=self.registry,
+        )
+
     def watch(self, collector: Collector) -> None:
         self.registry.register(collector)
 

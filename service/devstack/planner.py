@@ -25,11 +25,13 @@ TTL, never backwards), an explicit ``devstack/ttl:<duration>`` label sets it, re
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from devstack import naming
+from devstack import sleep as sleeping
 from devstack.catalog import Settings
 from devstack.durations import InvalidDuration, format_duration, parse_duration
 from devstack.entries import Element
@@ -54,6 +56,7 @@ class ServiceLink:
     url: str
     image: str
     source: str  # the PR key that builds this service, or "" for a base / pinned build
+    asleep_since: str = ""  # when it was put to sleep ("" while awake)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +92,7 @@ class Plan:
     changed: dict[str, list[Element] | None]  # only what differs from the input; None: delete
     feedback: list[Feedback] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
+    active: dict[str, datetime] = field(default_factory=dict)  # feature -> its latest activity in this batch
 
 
 @dataclass(kw_only=True)
@@ -100,6 +104,8 @@ class _Batch:
     notes: dict[str, list[str]] = field(default_factory=dict)
     touched: set[str] = field(default_factory=set)  # features a command changed
     applied_with: dict[str, str] = field(default_factory=dict)  # delivery id -> what an applied change adjusted
+    active: dict[str, datetime] = field(default_factory=dict)  # feature -> latest PR event / command applied
+    activity: Mapping[str, float] = field(default_factory=dict)  # the journal's activity table (sleep guard)
 
 
 class _State:
@@ -174,15 +180,18 @@ def plan(
     catalog: Settings,
     now: datetime,
     approvals: Mapping[str, str] | None = None,
+    activity: Mapping[str, float] | None = None,
 ) -> Plan:
     """Apply ``events`` in order to ``entries`` and say what changed and whom to tell.
 
     ``approvals``: PR key -> the head sha a writer approved with ``/devstack approve`` (fork PRs).
+    ``activity``: the journal's activity table (key -> epoch seconds, :func:`devstack.sleep.activity_key`):
+    a ``sleep`` the reaper decided is not applied to a service active since the reaper looked.
     ``now`` is part of the contract but deliberately unused today: every time the planner needs is
     the ``received_at`` of an event (or command), so replaying a journal gives the same bytes.
     """
     state = _State(entries)
-    batch = _Batch()
+    batch = _Batch(activity=activity or {})
     decisions: list[Decision] = []
     for event in events:
         if isinstance(event, Command):
@@ -211,7 +220,7 @@ def plan(
     feedback = _feedback(state=state, batch=batch, catalog=catalog)
     del now
     after = {feature: list(elements) for feature, elements in state.current.items()}
-    return Plan(entries=after, changed=changed, feedback=feedback, decisions=decisions)
+    return Plan(entries=after, changed=changed, feedback=feedback, decisions=decisions, active=dict(batch.active))
 
 
 # --- pull request events -------------------------------------------------------------------------
@@ -251,15 +260,25 @@ def _apply(
     for service in sorted(set(wanted) - set(own)):
         existing = _find(elements, service)
         if existing is None:
-            elements.append(base_element(catalog=catalog, feature=feature, service=service, requester=event.key))
+            elements.append(base_element(catalog=catalog, feature=feature, service=service, requester=event.key,
+                                         keep=previous.get(service)))
         elif event.key not in existing["requestedBy"]:
             existing["requestedBy"] = sorted({*existing["requestedBy"], event.key})
     expiry, note = _event_expiry(event, catalog, prior=prior)
     if note:
         batch.notes.setdefault(event.key, []).append(note)
     _set_expiry(elements, expiry)
+    if event.action != "resync":  # activity wakes the whole stack; healing keeps it as it is
+        for element in elements:
+            sleeping.wake_up(element)
+        _touch(batch, feature, event.received_at)
     state.reindex(feature)
     return None
+
+
+def _touch(batch: _Batch, feature: str, at: datetime) -> None:
+    if feature not in batch.active or batch.active[feature] < at:
+        batch.active[feature] = at
 
 
 def _withdraw(state: _State, key: str, catalog: Settings) -> None:
@@ -467,8 +486,12 @@ def build_element(
             "url": event.url,
             "sha": event.head_sha,
             "branch": naming.display_text(event.head_branch),
+            "author": event.author if _AUTHOR.fullmatch(event.author) else "",
         },
     )
+
+
+_AUTHOR = re.compile(r"[A-Za-z0-9_.\[\]-]{1,255}")
 
 
 def base_element(
@@ -524,7 +547,8 @@ def _element(
 
 
 def _carry_overrides(old: Element, new: Element) -> None:
-    """What ``devstack set`` / ``restart`` changed survives a rebuild of the element."""
+    """What ``devstack set`` / ``restart`` changed, and sleeping, survive a rebuild of the element."""
+    sleeping.carry_sleep(old, new)
     overrides = old.get("overrides")
     if not overrides:
         return
@@ -604,9 +628,17 @@ def _command(state: _State, command: Command, catalog: Settings, batch: _Batch) 
     batch.touched.add(feature)
     elements = state.own(feature)
     try:
-        return _run_command(state, elements, command, catalog, batch, feature=feature)
+        reason = _run_command(state, elements, command, catalog, batch, feature=feature)
+        if reason is None and command.op in _WAKES_THE_STACK:  # someone works on it: it wakes
+            for element in elements:
+                sleeping.wake_up(element)
+            _touch(batch, feature, command.received_at)
+        return reason
     finally:
         state.reindex(feature)
+
+
+_WAKES_THE_STACK = ("up", "set", "restart", "redeploy", "extend", "ttl")
 
 
 def _run_command(
@@ -642,7 +674,64 @@ def _run_command(
         return None
     if command.op in ("set", "restart", "redeploy"):
         return _override(elements, command, args)
+    if command.op == "sleep":
+        return _sleep(elements, command, catalog, batch, feature=feature)
+    if command.op == "wake":
+        return _wake(elements, command, batch, feature=feature)
     return f"unknown command {command.op!r}"
+
+
+def _targets(elements: list[Element], command: Command) -> tuple[list[Element], str | None]:
+    """The elements a command names (all of the stack when it names none), or why it names wrongly."""
+    named = [service for service, _ in command.services]
+    missing = [s for s in named if _find(elements, s) is None]
+    if missing:
+        return [], f"not in this preview: {', '.join(missing)}"
+    return [e for e in elements if not named or e["service"] in named], None
+
+
+def _sleep(elements: list[Element], command: Command, catalog: Settings, batch: _Batch, *, feature: str) -> str | None:
+    """Put services to sleep. A sleep the reaper decided names, per service, the activity it saw
+    (``seen.<service>``): a service active since then (a push, a command, a request; also one earlier
+    in this batch) stays awake."""
+    targets, problem = _targets(elements, command)
+    if problem:
+        return problem
+    args = dict(command.args)
+    since, reason = format_time(command.received_at), args.get("reason", "command")
+    wake = catalog.sleep.wake.model_dump()
+    slept = active = 0
+    for element in targets:
+        if sleeping.is_asleep(element):
+            continue
+        seen = args.get(f"seen.{element['service']}")
+        if seen is not None and _last_activity(batch, feature, element["service"]) > float(seen):
+            active += 1
+            continue
+        sleeping.put_to_sleep(element, since=since, reason=reason, wake=wake)
+        slept += 1
+    if slept:
+        return None
+    return "active since the reaper looked" if active else "already asleep"
+
+
+def _last_activity(batch: _Batch, feature: str, service: str) -> float:
+    times = [batch.activity.get(sleeping.activity_key(feature), 0.0),
+             batch.activity.get(sleeping.activity_key(feature, service), 0.0)]
+    if feature in batch.active:
+        times.append(batch.active[feature].timestamp())
+    return max(times)
+
+
+def _wake(elements: list[Element], command: Command, batch: _Batch, *, feature: str) -> str | None:
+    targets, problem = _targets(elements, command)
+    if problem:
+        return problem
+    woken = [e for e in targets if sleeping.wake_up(e)]
+    if not woken:
+        return "not asleep"
+    _touch(batch, feature, command.received_at)  # its idle time starts again
+    return None
 
 
 def _up(elements: list[Element], command: Command, catalog: Settings, *, feature: str) -> tuple[str | None, str]:
@@ -771,6 +860,7 @@ def stack_feedback(
             url=f"https://{e['values']['host']}",
             image=f"{e['values']['image']['repository']}:{e['values']['image']['tag']}",
             source=source_key(e) or "",
+            asleep_since=e["sleep"]["since"] if sleeping.is_asleep(e) else "",
         )
         for e in sorted(elements, key=lambda e: e["service"])
     )

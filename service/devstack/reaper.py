@@ -7,6 +7,9 @@ injectable clock.
 * **Reap**: a stack whose expiry has passed gets an ``expire`` command naming the expiry the reaper
   saw, so a stack extended in the meantime survives. A stack within ``ttl.warn_before`` of its
   expiry has its PR comments edited once to warn (remembered per expiry in the journal).
+* **Sleep** (:class:`Sleeper`, run with each reap): per preview service, :func:`devstack.sleep.decide`
+  on its last activity (the journal's activity table) and its working hours; a ``sleep`` command names
+  the activity it saw, so a service active meanwhile stays awake (the planner checks).
 * **Resync**: list the open PRs of every catalog repository; for each open PR that should have a
   preview and has none or runs another sha, and each PR that has a preview but is not listed, read
   the PR on its own and journal that state (see :class:`Resyncer`). A repository that cannot be
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from devstack import sleep as sleeping
 from devstack.catalog import Settings
 from devstack.entries import Element
 from devstack.errors import PermanentError, TemporaryError
@@ -111,6 +115,161 @@ class Reaper:
             logger.info("preview %s expires at %s: PRs warned", feature, expiry)
         self._journal.warn(warnings)
         return summary
+
+
+# --- sleep ---------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class SleepSummary:
+    checked: int  # services looked at
+    asleep: int = 0  # of those, already asleep
+    sleeping: list[tuple[str, str, str]] = field(default_factory=list)  # (feature, service, reason) to sleep
+    waking: list[tuple[str, str]] = field(default_factory=list)  # (feature, service) to wake
+    enabled: bool = True
+    dry_run: bool = False
+
+    def format(self) -> str:
+        if not self.enabled:
+            return "sleep: off (sleep.enabled is false)"
+        verb = "would" if self.dry_run else "will"
+        lines = [f"sleep: {self.checked} service(s) checked, {self.asleep} asleep, {len(self.sleeping)} to sleep, "
+                 f"{len(self.waking)} to wake{' (dry run)' if self.dry_run else ''}"]
+        lines += [f"  sleep    {feature}/{service} ({reason}): {verb} be scaled to zero"
+                  for feature, service, reason in self.sleeping]
+        lines += [f"  wake     {feature}/{service} (working hours)" for feature, service in self.waking]
+        return "\n".join(lines)
+
+
+class Sleeper:
+    """The sleep pass: which preview services sleep or wake now (``devstack.sleep.decide``).
+
+    Activity is the journal's (``touch``: PR events and commands by the worker, wake requests by the
+    wake endpoint), plus Traefik's request counts when ``sleep.traefik_metrics_url`` is set (a
+    counter that grew since the last pass is activity now). A service devstack has never seen active
+    counts from the first pass that sees it, so nothing sleeps on an upgrade."""
+
+    def __init__(
+        self, *, settings: Settings, journal: Journal, entries: Entries, clock: Callable[[], datetime] = _now,
+        requests: Callable[[], Mapping[str, float]] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._journal = journal
+        self._entries = entries
+        self._clock = clock
+        self._requests = requests  # Traefik service label -> requests total (None: not configured)
+        self._counted: dict[str, float] = {}
+
+    def run_once(self, *, dry_run: bool = False) -> SleepSummary:
+        config = self._settings.sleep
+        state = self._entries()
+        if not config.enabled:
+            return SleepSummary(checked=0, enabled=False, dry_run=dry_run)
+        now = self._clock()
+        stamp, expired_by = now.timestamp(), format_time(now)
+        activity = self._journal.activity()
+        touched = self._requested(state, stamp) if self._requests is not None else {}
+        activity.update({k: max(v, activity.get(k, 0.0)) for k, v in touched.items()})
+        summary = SleepSummary(checked=0, dry_run=dry_run)
+        schedules: dict[tuple[str, str], sleeping.Schedule | None] = {}
+        commands: list[Command] = []
+        for feature in sorted(state):
+            elements = state[feature]
+            expiry = stack_expiry(elements)
+            if expiry is not None and expiry != NEVER and expiry <= expired_by:
+                continue  # the reaper removes it
+            to_sleep: dict[str, list[tuple[str, float]]] = {}
+            to_wake: list[tuple[str, str]] = []
+            for element in elements:
+                service, repo = element["service"], element["source"]["repo"]
+                key = sleeping.activity_key(feature, service)
+                last = max(activity.get(feature, 0.0), activity.get(key, 0.0))
+                if not last:
+                    touched[key] = last = stamp  # first seen: idle from now on
+                where = (service, repo)
+                if where not in schedules:
+                    schedules[where] = sleeping.schedule_of(self._settings, service=service, repo=repo)
+                summary.checked += 1
+                asleep = element.get("sleep")
+                summary.asleep += bool(asleep)
+                verdict = sleeping.decide(asleep=asleep, last_activity=datetime.fromtimestamp(last, UTC),
+                                          schedule=schedules[where], now=now, after=config.after,
+                                          outside_schedule_after=config.outside_schedule_after)
+                if verdict.action == "sleep":
+                    to_sleep.setdefault(verdict.reason, []).append((service, last))
+                    summary.sleeping.append((feature, service, verdict.reason))
+                elif verdict.action == "wake" and asleep:
+                    to_wake.append((service, str(asleep["since"])))
+                    summary.waking.append((feature, service))
+            for reason, services in sorted(to_sleep.items()):
+                seen = max(last for _, last in services)
+                commands.append(Command(
+                    delivery_id=f"sleep:{feature}:{reason}:{seen!r}", op="sleep", feature=feature,
+                    services=tuple((service, "") for service, _ in services),
+                    args=(("reason", reason), *((f"seen.{service}", repr(last)) for service, last in services)),
+                    actor="reaper", received_at=now))
+            if to_wake:
+                commands.append(Command(
+                    delivery_id=f"wake:{feature}:schedule:{max(since for _, since in to_wake)}", op="wake",
+                    feature=feature, services=tuple((service, "") for service, _ in to_wake),
+                    args=(("reason", "schedule"),), actor="reaper", received_at=now))
+        if dry_run:
+            return summary
+        self._journal.touch_many(touched)
+        self._journal.record_many([{"delivery_id": c.delivery_id, "provider": "devstack", "event": f"command:{c.op}",
+                                    "pr": c.key, "payload": c.to_json()} for c in commands])
+        return summary
+
+    def _requested(self, state: Mapping[str, Sequence[Element]], stamp: float) -> dict[str, float]:
+        """Services whose Traefik request counter grew since the last pass: active now."""
+        assert self._requests is not None
+        try:
+            counts = self._requests()
+        except (TemporaryError, PermanentError) as exc:
+            logger.warning("sleep: Traefik's metrics could not be read (requests not counted this pass): %s", exc)
+            return {}
+        names = {traefik_service(e): sleeping.activity_key(feature, e["service"])
+                 for feature, elements in state.items() for e in elements}
+        active: dict[str, float] = {}
+        for name, total in counts.items():
+            key = names.get(name)
+            if key is None:
+                continue
+            before = self._counted.get(name)
+            self._counted[name] = total
+            if before is not None and total > before:
+                active[key] = stamp
+        return active
+
+
+def traefik_service(element: Element) -> str:
+    """The ``service`` label Traefik's metrics give a preview service's IngressRoute backend."""
+    return f"{element['namespace']}-{element['service']}-{element['values']['port']}@kubernetescrd"
+
+
+def traefik_requests(url: str, *, timeout: float = 5.0) -> Callable[[], dict[str, float]]:
+    """A reader of ``traefik_service_requests_total`` summed per ``service`` label, from ``url``."""
+
+    def read() -> dict[str, float]:
+        import requests
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            response = requests.get(url, timeout=timeout)
+            response.raise_for_status()
+        except requests.RequestException as exc:
+            raise TemporaryError(f"{url}: {type(exc).__name__}: {str(exc)[:200]}") from None
+        totals: dict[str, float] = {}
+        for family in text_string_to_metric_families(response.text):
+            if family.name != "traefik_service_requests":
+                continue
+            for sample in family.samples:
+                if sample.name == "traefik_service_requests_total" and "service" in sample.labels:
+                    name = sample.labels["service"]
+                    totals[name] = totals.get(name, 0.0) + float(sample.value)
+        return totals
+
+    return read
 
 
 # --- resync --------------------------------------------------------------------------------------

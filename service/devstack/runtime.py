@@ -25,7 +25,7 @@ from devstack.loops import run_periodically
 from devstack.metrics import FeedbackCollector, Metrics, StateCollector
 from devstack.planner import stack_feedback
 from devstack.providers import ProviderClient
-from devstack.reaper import Reaper, Resyncer
+from devstack.reaper import Reaper, Resyncer, Sleeper, traefik_requests
 from devstack.worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -192,6 +192,7 @@ class Runtime:
     reaper: Reaper
     resyncer: Resyncer
     metrics: Metrics
+    sleeper: Sleeper | None = None
     elector: cluster.LeaderElector | None = None
     refresher: cluster.ApplicationSetRefresher | None = None
     status_watcher: cluster.StatusWatcher | None = None
@@ -247,6 +248,9 @@ class Runtime:
             sender=sender,
             commands=CommandRunner(settings=settings, journal=journal, clients=dict(clients)),
             reaper=Reaper(settings=settings, journal=journal, entries=worker.snapshot),
+            sleeper=Sleeper(settings=settings, journal=journal, entries=worker.snapshot,
+                            requests=traefik_requests(settings.sleep.traefik_metrics_url)
+                            if settings.sleep.traefik_metrics_url else None),
             resyncer=Resyncer(settings=settings, journal=journal, entries=worker.snapshot, clients=dict(clients)),
             refresher=refresher, status_watcher=watcher,
         )
@@ -281,7 +285,7 @@ class Runtime:
                 ("reaper", lambda: run_periodically(
                     self.stop, every=self.settings.reap_interval.total_seconds(), name="reap",
                     first_delay=min(30.0, self.settings.reap_interval.total_seconds()),
-                    task=lambda: self.reaper.run_once() if self.worker.healthy else "reap: waiting for git")),
+                    task=lambda: self.reap() if self.worker.healthy else "reap: waiting for git")),
                 ("resync", lambda: run_periodically(
                     self.stop, every=self.settings.resync_interval.total_seconds(), name="resync",
                     first_delay=min(30.0, self.settings.resync_interval.total_seconds()),
@@ -296,6 +300,13 @@ class Runtime:
                 thread.start()
             if self.status_watcher is not None:
                 self.status_watcher.start()
+
+    def reap(self, *, dry_run: bool = False) -> str:
+        """One reaper pass: expired previews, expiry warnings, then which services sleep or wake."""
+        lines = [self.reaper.run_once(dry_run=dry_run).format()]
+        if self.sleeper is not None:
+            lines.append(self.sleeper.run_once(dry_run=dry_run).format())
+        return "\n".join(lines)
 
     def prune(self) -> str:
         """Forget journal and outbox history older than ``retention`` (never what is pending)."""

@@ -203,6 +203,8 @@ class Worker:
         self._set_snapshot(planned.entries, self._cache.quarantined)
         applied = {seq: event for seq, event in events.items() if seq not in blocked}
         self._observe(batch, applied, result)
+        # what was worked on is active: the sleep pass counts its idle time from here
+        self._journal.touch_many({feature: at.timestamp() for feature, at in planned.active.items()})
         outcomes = {
             seq: (f"{d.outcome}: {d.reason}" if d.reason else d.outcome)
             for seq, d in zip(applied, planned.decisions, strict=True)
@@ -299,6 +301,9 @@ class Worker:
         planned: list[Plan] = []
         blocked: dict[int, str] = {}
         approvals = self._journal.approvals()
+        # a sleep the reaper decided is checked against the activity recorded since it looked
+        guarded = any(isinstance(e, Command) and e.op == "sleep" for e in events.values())
+        activity = self._journal.activity() if guarded else {}
 
         def change(files: dict[str, bytes]) -> dict[str, bytes | None]:
             current = self._cache.decode(files)
@@ -308,7 +313,7 @@ class Worker:
             ordered = [event for seq, event in events.items() if seq not in blocked]
             try:
                 result = plan(events=ordered, entries=current, catalog=self._settings, now=self._clock(),
-                              approvals=approvals)
+                              approvals=approvals, activity=activity)
             except Exception as exc:
                 raise PlanFailed(f"planning failed: {type(exc).__name__}: {exc}"[:1000]) from exc
             out: dict[str, bytes | None] = {}

@@ -54,6 +54,11 @@ label-based resource tracking owns it.
 {{- if eq .Values.traefik.version "v2" -}}traefik.containo.us/v1alpha1{{- else -}}traefik.io/v1alpha1{{- end -}}
 {{- end }}
 
+{{/* Name of the wake Service and Middleware of a sleeping service ("--": no service name has it). */}}
+{{- define "fr.wakeName" -}}
+{{- printf "%s--wake" .Values.service -}}
+{{- end }}
+
 {{/* Name of the Middleware that sets the feature header. */}}
 {{- define "fr.middlewareName" -}}
 {{- printf "%s-feature-header" .Values.service -}}
