@@ -21,7 +21,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -30,11 +30,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from devstack import __version__, dashboard, redact, setup_github
+from devstack import usage as usage_report
 from devstack import wake as waking
 from devstack.catalog import Settings
 from devstack.commands import CLI_OPS, cli_command
 from devstack.decode import Decoder
-from devstack.errors import BadPayload, PayloadTooLarge, ProviderOff, Unauthorized, WebhookError
+from devstack.errors import (
+    BadPayload,
+    ConfigError,
+    PayloadTooLarge,
+    ProviderOff,
+    TemporaryError,
+    Unauthorized,
+    WebhookError,
+)
 from devstack.events import CommentEvent, PullRequestEvent
 from devstack.journal import Delivery
 from devstack.log import bind
@@ -212,6 +221,23 @@ def create_app(
     async def previews(request: Request) -> list[dict[str, Any]]:
         runtime: Runtime = request.app.state.runtime
         return previews_view(runtime.worker.snapshot(), quarantined=runtime.worker.quarantined())
+
+    @app.get("/api/usage", responses=_errors(400))
+    async def usage(
+        request: Request, since: str = Query("30d", max_length=20), by: str = Query("author", max_length=20),
+    ) -> JSONResponse:
+        """Preview-hours (awake, asleep) and CPU/memory-hours per author, repo or team, from the GitOps
+        repo's history (docs/sleep.md#usage)."""
+        runtime: Runtime = request.app.state.runtime
+        try:
+            window = usage_report.window(since)
+            report = await run_in_threadpool(runtime.usage.report, repo=runtime.store.workdir, settings=settings,
+                                             window=window, by=by, now=datetime.now(UTC))
+        except ConfigError as exc:
+            return JSONResponse({"error": str(exc).replace("--", "", 1)}, status_code=400)
+        except TemporaryError as exc:
+            return JSONResponse({"error": f"the GitOps history could not be read: {exc}"}, status_code=503)
+        return JSONResponse(report.view())
 
     @app.get("/api/deliveries")
     async def deliveries(request: Request, limit: int = 50) -> list[dict[str, Any]]:

@@ -205,11 +205,28 @@ class ServiceSettings(_Model):
     env: dict[str, str] = Field(default_factory=dict)
     hooks: dict[str, Any] = Field(default_factory=dict)
     team: str = Field("", description="the team that owns the service (usage by team, sleep.schedules)")
+    resources: dict[str, str] = Field(default_factory=dict, description="the container's requests: {cpu, memory}")
 
     @field_validator("team")
     @classmethod
     def _team(cls, value: str) -> str:
         return _team_name(value)
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, value: dict[str, str]) -> dict[str, str]:
+        from kubernetes.utils import parse_quantity
+
+        problems = [f"unknown key {key[:20]!r} (cpu, memory)" for key in value if key not in ("cpu", "memory")]
+        for key, quantity in value.items():
+            try:
+                if key in ("cpu", "memory") and (len(quantity) > 20 or parse_quantity(quantity) <= 0):
+                    raise ValueError
+            except (ValueError, ArithmeticError):
+                problems.append(f"{key}: {quantity[:20]!r} is not a positive Kubernetes quantity like 250m or 128Mi")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
 
     @field_validator("image")
     @classmethod

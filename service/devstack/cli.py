@@ -96,6 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     previews.add_argument("--json", action="store_true", help="print JSON instead of a table")
     previews.set_defaults(func=cmd_previews)
 
+    usage = commands.add_parser("usage", help="preview-hours and CPU/memory-hours by author, repo or team")
+    source = usage.add_mutually_exclusive_group()
+    source.add_argument("--url", help=f"a running devstack (default {DEFAULT_URL})")
+    source.add_argument("--config", type=Path, help="read the GitOps repo of this configuration directly")
+    usage.add_argument("--since", default="30d", help="how far back: 30d (default), 12h, 2w; at most 400d")
+    usage.add_argument("--by", default="author", choices=("author", "repo", "team"), help="group by (default author)")
+    output = usage.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    output.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    usage.set_defaults(func=cmd_usage)
+
     replay = commands.add_parser("replay", help="send a recorded webhook payload, signed, to a running server")
     replay.add_argument("file", type=Path, help="the JSON payload")
     replay.add_argument("--event", required=True, help="event name, e.g. pull_request (X-GitHub-Event)")
@@ -410,6 +421,48 @@ def cmd_previews(args: argparse.Namespace) -> int:
     else:
         print(format_previews(data))
     return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    from devstack import usage
+
+    window = usage.window(args.since)  # a user error before anything is read
+    if args.config is not None:
+        settings = load_settings(args.config)
+        report = _usage_from_repo(settings, window=window, by=args.by).view()
+    else:
+        url = (args.url or DEFAULT_URL).rstrip("/")
+        try:
+            response = requests.get(f"{url}/api/usage", params={"since": args.since, "by": args.by}, timeout=120)
+        except requests.RequestException as exc:
+            print(f"devstack: {unreachable(url, exc)}", file=sys.stderr)
+            return 1
+        if not response.ok:
+            print(f"devstack: {url}/api/usage answered {response.status_code} {response.text[:200]}", file=sys.stderr)
+            return 1
+        report = response.json()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    parsed = usage.Report.from_view(report)
+    print(parsed.csv() if args.csv else parsed.table(), end="" if args.csv else "\n")
+    return 0
+
+
+def _usage_from_repo(settings: Settings, *, window: Any, by: str) -> Any:
+    from datetime import UTC, datetime
+
+    from devstack import usage
+    from devstack.gitops import GitStore
+
+    with (
+        tempfile.TemporaryDirectory(prefix="devstack-usage-") as tmp,
+        GitStore(url=settings.gitops_url, branch=settings.gitops.branch, path=settings.gitops.path,
+                 workdir=Path(tmp) / "clone") as store,
+    ):
+        store.read()  # clones
+        return usage.UsageCache().report(repo=store.workdir, settings=settings, window=window, by=by,
+                                         now=datetime.now(UTC))
 
 
 def _previews_from_repo(settings: Settings) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ import logging
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -29,7 +29,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 
 from devstack import __version__
+from devstack.errors import DevstackError
 from devstack.planner import NEVER
+from devstack.usage import Report
 
 if TYPE_CHECKING:
     from devstack.journal import Delivery
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 10
+USAGE_WINDOW = timedelta(days=30)
 RECENT_LIMIT = 50
 TEMPLATE = "dashboard.html"
 
@@ -64,6 +67,7 @@ class ServiceView:
     built_by: str = ""  # the PR label that builds it; "" for a base or pinned build
     phase: str = ""  # live status of its Application, when known
     reason: str = ""
+    asleep_since: str = ""  # sleeping since (docs/sleep.md); "" while awake
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,6 +123,8 @@ class Page:
     recent: list[DeliveryView] = field(default_factory=list)
     quarantined: list[tuple[str, str]] = field(default_factory=list)  # (feature, why its file is unreadable)
     stalled: str = ""  # why the queue looks stalled ("" when it does not)
+    usage: list[tuple[str, Report]] = field(default_factory=list)  # (by, report) over USAGE_WINDOW
+    usage_error: str = ""
 
 
 def router() -> APIRouter:
@@ -214,6 +220,7 @@ def collect(runtime: Runtime, *, now: datetime, refresh: int = REFRESH_SECONDS, 
         for item in dead_items
     ]
     counts = journal.counts()
+    usage, usage_error = _usage(runtime, now=now)
     return Page(
         version=__version__, now=now.strftime("%Y-%m-%d %H:%M:%SZ"), refresh=refresh,
         healthy=runtime.worker.healthy, git_error=runtime.worker.last_error, live=live is not None,
@@ -221,7 +228,17 @@ def collect(runtime: Runtime, *, now: datetime, refresh: int = REFRESH_SECONDS, 
         dead_deliveries=[delivery(row) for row in dead_rows],
         dead_feedback=dead_feedback, recent=[delivery(row) for row in recent_rows],
         quarantined=sorted(runtime.worker.quarantined().items()), stalled=_stalled(runtime),
+        usage=usage, usage_error=usage_error,
     )
+
+
+def _usage(runtime: Runtime, *, now: datetime) -> tuple[list[tuple[str, Report]], str]:
+    """Usage of the last 30 days by team and by author (cached a minute: runtime.usage)."""
+    try:
+        return [(by, runtime.usage.report(repo=runtime.store.workdir, settings=runtime.settings,
+                                          window=USAGE_WINDOW, by=by, now=now)) for by in ("team", "author")], ""
+    except DevstackError as exc:
+        return [], f"the GitOps history could not be read: {exc}"
 
 
 def _stalled(runtime: Runtime) -> str:
@@ -268,6 +285,7 @@ def _previews(
                 image=str(values["image"]["repository"]), tag=str(values["image"]["tag"]),
                 built_by=prs[key].label if built else "",
                 phase=str(_field(app, "phase") or ""), reason=str(_field(app, "reason") or ""),
+                asleep_since=str(element["sleep"]["since"]).replace("T", " ") if element.get("sleep") else "",
             ))
         expiries = sorted(str(e["expiresAt"]) for e in elements if e["expiresAt"] != NEVER)
         expires_at = expiries[0] if expiries else NEVER

@@ -8,11 +8,13 @@ Each app has its own registry: nothing global, nothing built at import time.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -105,6 +107,7 @@ class StateCollector(Collector):
         oldest_pending: Callable[[], Mapping[str, float]] | None = None,
         quarantined: Callable[[], Mapping[str, str]] | None = None,
         git_healthy: Callable[[], bool] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._counts = counts
         self._outbox = outbox
@@ -114,8 +117,45 @@ class StateCollector(Collector):
         self._oldest = oldest_pending
         self._quarantined = quarantined
         self._git_healthy = git_healthy
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: float | None = None  # the previous scrape (monotonic)
+        self._hours = {"awake": 0.0, "asleep": 0.0}
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def _sleep(self, previews: Mapping[str, Any]) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """Awake and sleeping previews now, and service-hours in each state since devstack started
+        (integrated between scrapes: each scrape adds the time since the last one at today's counts)."""
+        services = {"awake": 0, "asleep": 0}
+        stacks = {"awake": 0, "asleep": 0, "partly_asleep": 0}
+        for elements in previews.values():
+            asleep = sum(1 for e in elements if e.get("sleep"))
+            services["asleep"] += asleep
+            services["awake"] += len(elements) - asleep
+            stacks["asleep" if asleep == len(elements) else "partly_asleep" if asleep else "awake"] += 1
+        with self._lock:
+            now = self._clock()
+            if self._seen is not None:
+                for state, count in services.items():
+                    self._hours[state] += count * max(0.0, now - self._seen) / 3600
+            self._seen = now
+            hours = dict(self._hours)
+        by_stack = GaugeMetricFamily("devstack_previews", "Preview stacks by sleep state (awake, asleep, "
+                                     "partly_asleep)", labels=["state"])
+        by_service = GaugeMetricFamily("devstack_preview_services", "Preview services by sleep state",
+                                       labels=["state"])
+        total = CounterMetricFamily("devstack_preview_service_hours", "Service-hours of previews by sleep state "
+                                    "since this process started (devstack usage reads the full history)",
+                                    labels=["state"])
+        for state in ("awake", "asleep", "partly_asleep"):
+            by_stack.add_metric([state], stacks[state])
+        for state in ("awake", "asleep"):
+            by_service.add_metric([state], services[state])
+            total.add_metric([state], hours[state])
+        yield by_stack
+        yield by_service
+        yield total
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         depth = GaugeMetricFamily("devstack_journal_pending", "Deliveries waiting in the journal", labels=["queue"])
         for queue, count in sorted(self._pending().items()):
             depth.add_metric([queue], count)
@@ -147,6 +187,7 @@ class StateCollector(Collector):
         yield GaugeMetricFamily("devstack_active_previews", "Preview stacks in the GitOps repo", value=len(previews))
         yield GaugeMetricFamily("devstack_active_services", "Services across all preview stacks",
                                 value=sum(len(elements) for elements in previews.values()))
+        yield from self._sleep(previews)
         limits = GaugeMetricFamily("devstack_provider_rate_limit_remaining",
                                    "Requests left in the provider's rate-limit window (as last reported)",
                                    labels=["provider"])

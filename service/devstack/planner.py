@@ -529,6 +529,8 @@ def _element(
     }
     if spec.base_host:
         values["baseHost"] = spec.base_host
+    if spec.resources:  # the chart's default limits stay (Helm merges the maps)
+        values["resources"] = {"requests": dict(sorted(spec.resources.items()))}
     return {
         "feature": feature,
         "service": service,

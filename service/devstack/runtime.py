@@ -26,6 +26,7 @@ from devstack.metrics import FeedbackCollector, Metrics, StateCollector
 from devstack.planner import stack_feedback
 from devstack.providers import ProviderClient
 from devstack.reaper import Reaper, Resyncer, Sleeper, traefik_requests
+from devstack.usage import UsageCache
 from devstack.worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -193,6 +194,7 @@ class Runtime:
     resyncer: Resyncer
     metrics: Metrics
     sleeper: Sleeper | None = None
+    usage: UsageCache = field(default_factory=UsageCache)
     elector: cluster.LeaderElector | None = None
     refresher: cluster.ApplicationSetRefresher | None = None
     status_watcher: cluster.StatusWatcher | None = None
