@@ -206,8 +206,8 @@ def test_the_api_and_the_dashboard_show_usage_and_the_metrics_count_sleeping_pre
     assert 'devstack_preview_service_hours_total{state="asleep"}' in metrics
     page = server.get("/?refresh=0").text
     assert 'id="usage"' in page and 'data-key="payments"' in page and "b-asleep" in page
-    for query, says in (("since=forever", "a duration up to 400d"), ("by=colour", "one of author, repo, team"),
-                        ("since=" + "9" * 30, "at most 20")):
+    for query, says in (("since=999d", "a duration up to 400d"), ("since=forever", "should match pattern"),
+                        ("by=colour", "'author', 'repo' or 'team'"), ("since=" + "9" * 30, "at most 20")):
         bad = server.get(f"/api/usage?{query}")
         assert bad.status_code in (400, 422), bad.text
         assert says in bad.text
@@ -223,3 +223,12 @@ def test_a_changing_history_is_read_as_of_one_commit(settings: Settings, tmp_pat
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "late", when=D0 + timedelta(hours=11, minutes=30))
     assert usage.read_history(repo=repo, ref=head, path="previews", since=D0 - timedelta(days=1)) == before
+
+
+def test_a_gitops_repo_without_any_commit_is_an_empty_report(settings: Settings, tmp_path: Path) -> None:
+    repo = tmp_path / "empty"
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    result = usage.UsageCache().report(repo=repo, settings=settings, window=timedelta(days=30), by="team",
+                                       now=UNTIL)
+    assert result.rows == [] and "no previews between" in result.table()

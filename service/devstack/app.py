@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -63,6 +63,7 @@ class ErrorAnswer(BaseModel):
 _REASONS = {400: "malformed request", 401: "missing or wrong signature or token",
             403: "webhooks from this provider are off (no webhook secret configured for it)", 404: "not found",
             413: "body larger than security.max_body_bytes (webhooks) or security.max_api_body_bytes",
+            503: "a dependency is unavailable (the GitOps history could not be read)",
             429: "too many requests (the wake endpoint: sleep.wake_rate a minute per preview host)"}
 
 
@@ -222,9 +223,10 @@ def create_app(
         runtime: Runtime = request.app.state.runtime
         return previews_view(runtime.worker.snapshot(), quarantined=runtime.worker.quarantined())
 
-    @app.get("/api/usage", responses=_errors(400))
+    @app.get("/api/usage", responses=_errors(400, 503))
     async def usage(
-        request: Request, since: str = Query("30d", max_length=20), by: str = Query("author", max_length=20),
+        request: Request, since: str = Query("30d", max_length=20, pattern=r"^([0-9]{1,5}[smhdw])+$"),
+        by: Literal["author", "repo", "team"] = Query("author"),
     ) -> JSONResponse:
         """Preview-hours (awake, asleep) and CPU/memory-hours per author, repo or team, from the GitOps
         repo's history (docs/sleep.md#usage)."""

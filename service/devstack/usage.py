@@ -322,7 +322,7 @@ class UsageCache:
         self._reports: dict[tuple[str, int, str], tuple[float, Report]] = {}
 
     def report(self, *, repo: Path, settings: Settings, window: timedelta, by: str, now: datetime) -> Report:
-        head = _git(repo, "rev-parse", "--verify", "-q", "HEAD").strip() if (repo / ".git").exists() else ""
+        head = _head(repo)
         key = (by, int(window.total_seconds()), head)
         with self._lock:
             cached = self._reports.get(key)
@@ -337,6 +337,15 @@ class UsageCache:
                 self._reports.clear()
             self._reports[key] = (time.monotonic(), result)
         return result
+
+
+def _head(repo: Path) -> str:
+    """The commit a report follows; "" while the repository has none (nothing was ever written)."""
+    if not (repo / ".git").exists():
+        return ""
+    done = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "-q", "HEAD^{commit}"],
+                          capture_output=True, check=False, timeout=30)
+    return done.stdout.decode().strip() if done.returncode == 0 else ""
 
 
 def _by(by: str) -> By:
