@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ack, burst, comment, scale, single
+from bench import ack, burst, comment, scale, single, sleep
 from bench.harness import Env, Figure, error_figure, load_average, machine, table
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -37,6 +37,7 @@ class Plan:
     burst: burst.BurstParams
     comment: comment.CommentParams
     scale: scale.ScaleParams
+    sleep: sleep.SleepParams
 
 
 FULL = Plan(
@@ -45,6 +46,7 @@ FULL = Plan(
     burst=burst.BurstParams(),
     comment=comment.CommentParams(),
     scale=scale.ScaleParams(),
+    sleep=sleep.SleepParams(),
 )
 QUICK = Plan(
     ack=ack.AckParams(duration=4.0, baseline_duration=2.0, warmup=50),
@@ -52,6 +54,7 @@ QUICK = Plan(
     burst=burst.BurstParams(prs=25, events_per_pr=4),
     comment=comment.CommentParams(iterations=3, paced_iterations=1, burst_prs=3, pushes=3),
     scale=scale.ScaleParams(previews=1_000, pushes=3, api_calls=5, repeats=1),
+    sleep=sleep.SleepParams(iterations=3, previews=1_000),
 )
 
 
@@ -62,13 +65,14 @@ def scenarios(plan: Plan) -> dict[str, Callable[[Env], list[Figure]]]:
         "burst": lambda env: burst.run(env, plan.burst),
         "comment": lambda env: comment.run(env, plan.comment),
         "scale": lambda env: scale.run(env, plan.scale),
+        "sleep": lambda env: sleep.run(env, plan.sleep),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes: a smoke run under a minute")
-    parser.add_argument("--only", nargs="+", choices=["ack", "single", "burst", "comment", "scale"],
+    parser.add_argument("--only", nargs="+", choices=["ack", "single", "burst", "comment", "scale", "sleep"],
                         help="run only these scenarios")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, repos)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"where to write the JSON (default {RESULTS})")

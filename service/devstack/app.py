@@ -516,6 +516,7 @@ def previews_view(
                         "image": f"{e['values']['image']['repository']}:{e['values']['image']['tag']}",
                         "sha": e["source"]["sha"],
                         "pr": e["source"]["url"],
+                        "asleepSince": e["sleep"]["since"] if e.get("sleep") else None,
                     }
                     for e in elements
                 ],
