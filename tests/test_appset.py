@@ -76,9 +76,11 @@ def test_applicationsets_validate_and_keep_the_rules(path: Path) -> None:
     assert template["spec"]["destination"] == {
         "server": "https://kubernetes.default.svc", "namespace": "{{ .namespace }}",
     }
-    # The patch is parsed as YAML after rendering: it may print nothing but toJson output.
+    # The patch is parsed as YAML after rendering: it may print nothing but toJson output (and decide on
+    # whether the element is in dev mode).
     actions = re.findall(r"{{(.*?)}}", spec["templatePatch"], flags=re.S)
-    assert actions and all(action.strip() == "toJson .values" for action in actions), actions
+    allowed = {"toJson .values", "toJson .service", '- if hasKey . "dev"', "- end"}
+    assert actions and all(action.strip() in allowed for action in actions), actions
     # Label values come only from fields that are valid label values.
     for value in template["metadata"]["labels"].values():
         fields = set(re.findall(r"\.([a-zA-Z.]+)", value))

@@ -50,6 +50,7 @@ def _cases(down: str) -> dict[str, tuple[list[str], int, str]]:
         "restart": (["restart", "demo", "payments-api", "--config", "missing.yaml"], 2, "cannot be read"),
         "sleep": (["sleep", "demo", "no-such-service"], 2, "unknown service 'no-such-service'"),
         "usage": (["usage", "--since", "forever", "--url", down], 2, "a duration up to 400d"),
+        "dev": (["dev", "on", "demo", "no-such-service"], 2, "unknown service 'no-such-service'"),
         "wake": (["wake", "demo", "--url", down, "--token", "t"], 1, "no devstack server is reachable"),
         "reap": (["reap", "--config", "not-a-mapping.yaml"], 2, "must be a mapping"),
         "resync": (["resync", "--config", "not-a-mapping.yaml"], 2, "must be a mapping"),

@@ -297,7 +297,7 @@ def create_app(
             raise BadPayload(f"invalid command: {problems}"[:500]) from None
         try:
             command = cli_command(op=body.op, feature=body.feature, catalog=settings, services=body.services,
-                                  env=body.env, ttl=body.ttl, actor=body.actor or "api")
+                                  env=body.env, ttl=body.ttl, actor=body.actor or "api", mode=body.mode)
         except ValueError as exc:
             raise BadPayload(str(exc)) from None
         await run_in_threadpool(runtime.journal.record, delivery_id=command.delivery_id, provider="devstack",
@@ -387,6 +387,7 @@ class CommandRequest(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     ttl: str | None = None
     actor: str = Field("", max_length=100)
+    mode: str = Field("", max_length=10, description="dev: on or off")
 
 
 def webhook_providers() -> list[WebhookProvider]:
@@ -517,6 +518,7 @@ def previews_view(
                         "sha": e["source"]["sha"],
                         "pr": e["source"]["url"],
                         "asleepSince": e["sleep"]["since"] if e.get("sleep") else None,
+                        "devUntil": e["dev"]["expiresAt"] if e.get("dev") else None,
                     }
                     for e in elements
                 ],

@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -193,6 +193,70 @@ class ProvidersSettings(_Model):
     gitlab: GitLabSettings = GitLabSettings()
 
 
+class DevSync(_Model):
+    local: str = Field(".", description="a folder of the developer's checkout, relative to where devstack dev runs")
+    remote: str = Field(..., description="an absolute path in the container (a writable emptyDir in dev mode)")
+
+    @field_validator("local")
+    @classmethod
+    def _local(cls, value: str) -> str:
+        parts = PurePosixPath(value).parts
+        if not value or len(value) > 200 or value.startswith("/") or ".." in parts or any(c in value for c in ":\n\0"):
+            raise ValueError(f"{value[:60]!r} is not a folder inside the checkout (relative, no '..' or ':')")
+        return value
+
+    @field_validator("remote")
+    @classmethod
+    def _remote(cls, value: str) -> str:
+        parts = PurePosixPath(value).parts
+        if (not re.fullmatch(r"/[A-Za-z0-9_./-]{1,199}", value) or ".." in parts
+                or value.rstrip("/") in ("", "/tmp", "/proc", "/sys", "/dev", "/etc")):  # noqa: S108 (refused)
+            raise ValueError(f"{value[:60]!r} is not an absolute path for the workdir, like /app")
+        return value.rstrip("/") or value
+
+
+class DevSettings(_Model):
+    """``services.<name>.dev``: how the service runs in dev mode (docs/develop.md)."""
+
+    image: str = Field("", description="the dev image (with the hot-reload tool); empty: the PR's build")
+    command: list[str] = Field(..., min_length=1, max_length=50, description="the hot-reload command")
+    sync: list[DevSync] = Field(default_factory=lambda: [DevSync(local=".", remote="/app")], max_length=10)
+    ports: list[int] = Field(default_factory=list, max_length=10, description="forwarded; default: the service port")
+    ttl: Duration = timedelta(hours=8)
+    base_namespace: str = Field("", description="the base Deployment's namespace (mirrord without a preview); "
+                                                "empty: hooks.secrets_namespace, else default")
+    base_deployment: str = Field("", description="the base Deployment's name; empty: the service name")
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[a-z0-9][a-z0-9._/:@-]{0,254}", value):
+            raise ValueError(f"{value[:60]!r} is not an image reference like node:20-alpine")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: list[str]) -> list[str]:
+        for word in value:
+            if not word or len(word) > 500 or any(c in word for c in "\n\0"):
+                raise ValueError(f"{word[:40]!r}: each word of the command is one line of text")
+        return value
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, value: list[int]) -> list[int]:
+        if any(not 1 <= port <= 65535 for port in value):
+            raise ValueError("ports are 1 to 65535")
+        return value
+
+    @field_validator("base_namespace", "base_deployment")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", value):
+            raise ValueError(f"{value[:70]!r} is not a Kubernetes name (a DNS label)")
+        return value
+
+
 class ServiceSettings(_Model):
     repo: str = Field(..., description="where the service's PRs come from: owner/name or group/sub/project")
     provider: Literal["github", "gitlab"] = "github"
@@ -205,6 +269,7 @@ class ServiceSettings(_Model):
     env: dict[str, str] = Field(default_factory=dict)
     hooks: dict[str, Any] = Field(default_factory=dict)
     team: str = Field("", description="the team that owns the service (usage by team, sleep.schedules)")
+    dev: DevSettings | None = Field(None, description="dev mode: hot reload from the laptop (docs/develop.md)")
     resources: dict[str, str] = Field(default_factory=dict, description="the container's requests: {cpu, memory}")
 
     @field_validator("team")

@@ -37,7 +37,14 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    tail: list[str] = []
+    if words[:2] == ["dev", "mirrord"] and "--" in words:  # the local command, passed on as it is
+        cut = words.index("--")
+        words, tail = words[:cut], words[cut + 1:]
+    args = parser.parse_args(words)
+    if tail:
+        args.argv = tail
     devstack_log.setup(level=args.log_level or ("INFO" if args.command == "serve" else "WARNING"),
                        fmt=args.log_format)
     try:
@@ -136,6 +143,28 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("pairs", nargs="+", metavar="KEY=VALUE", help="environment variables")
         _target_arguments(cmd)
         cmd.set_defaults(func=cmd_change, op=op)
+
+    dev = commands.add_parser("dev", help="dev mode: hot reload from the laptop into a preview (docs/develop.md)")
+    modes = dev.add_subparsers(dest="mode", metavar="on|off|devspace|mirrord", required=True)
+    for mode, help_text in (("on", "run the service's hot-reload command in the preview (services.<name>.dev)"),
+                            ("off", "back to the PR's build")):
+        cmd = modes.add_parser(mode, help=help_text)
+        cmd.add_argument("feature", help="the preview's feature name")
+        cmd.add_argument("service", help="the service")
+        if mode == "on":
+            cmd.add_argument("--ttl", help="how long dev mode lasts (default: services.<name>.dev.ttl, 8h)")
+        _target_arguments(cmd)
+        cmd.set_defaults(func=cmd_change, op="dev")
+    for tool, help_text in (("devspace", "write devspace.yaml for the preview and run `devspace dev`"),
+                            ("mirrord", "write .mirrord/mirrord.json and run a local process in the preview")):
+        cmd = modes.add_parser(tool, help=help_text)
+        cmd.add_argument("feature", help="the feature")
+        cmd.add_argument("service", help="the service")
+        cmd.add_argument("--out", type=Path, default=Path("."), help="where to write it (default: here)")
+        _target_arguments(cmd)
+        if tool == "mirrord":
+            cmd.usage = "devstack dev mirrord FEATURE SERVICE [--out DIR] [--config FILE] -- COMMAND [ARG ...]"
+        cmd.set_defaults(func=cmd_devtool, tool=tool, argv=[])
 
     for name, help_text in (("reap", "one pass: remove expired previews, warn those expiring soon, sleep idle ones"),
                             ("resync", "heal the previews from the providers' open pull requests")):
@@ -242,7 +271,8 @@ def cmd_change(args: argparse.Namespace) -> int:
         env[key] = value
     services = getattr(args, "services", None) or ([args.service] if getattr(args, "service", None) else [])
     request = {"op": args.op, "feature": args.feature, "services": services, "env": env,
-               "ttl": getattr(args, "ttl", None), "actor": f"cli:{getpass.getuser()}"}
+               "ttl": getattr(args, "ttl", None), "actor": f"cli:{getpass.getuser()}",
+               "mode": getattr(args, "mode", "") if args.op == "dev" else ""}
     if args.url:
         response = _api(args, settings, "post", "/api/commands", json=request)
         delivery = response.json()["delivery"]
@@ -421,6 +451,31 @@ def cmd_previews(args: argparse.Namespace) -> int:
     else:
         print(format_previews(data))
     return 0
+
+
+def cmd_devtool(args: argparse.Namespace) -> int:
+    """``devstack dev devspace | mirrord``: write the tool's configuration, then run the tool."""
+    from devstack import devtools
+
+    settings = load_settings(args.config)
+    data = _api(args, settings, "get", "/api/previews").json() if args.url else _previews_from_repo(settings)
+    previews = devtools.previews_of(data)
+    out = args.out.resolve()
+    if args.tool == "devspace":
+        path = devtools.write_devspace(settings=settings, previews=previews, feature=args.feature,
+                                       service=args.service, out=out)
+        print(f"wrote {path}")
+        return devtools.run_tool(tool="devspace", argv=["dev"], cwd=out, install=devtools.DEVSPACE_INSTALL,
+                                 written=path)
+    command = list(args.argv)
+    path, preview = devtools.write_mirrord(settings=settings, previews=previews, feature=args.feature,
+                                           service=args.service, out=out)
+    target = "the preview" if preview else "the base Deployment, only the requests of this feature"
+    print(f"wrote {path} (target: {target})")
+    if not command:
+        raise ConfigError("give the local command after --, like: devstack dev mirrord demo ledger -- npm start")
+    return devtools.run_tool(tool="mirrord", argv=["exec", "-f", str(path), "--", *command], cwd=out,
+                             install=devtools.MIRRORD_INSTALL, written=path)
 
 
 def cmd_usage(args: argparse.Namespace) -> int:

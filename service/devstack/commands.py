@@ -62,6 +62,9 @@ HELP = """\
 | `/devstack sleep [<service>]` | put this preview (or one service) to sleep now: scaled to zero, woken by the \
 first request to its URL |
 | `/devstack wake [<service>]` | wake this preview (or one service) now |
+| `/devstack dev <service>` | dev mode for a service: it runs its hot-reload command for files synced from a \
+laptop (`devstack dev devspace`), for 8 h; `/devstack dev off <service>` returns to this PR's \
+build |
 | `/devstack approve [<sha>]` | deploy this fork pull request at the commit you reviewed (the head when you \
 commented, or `<sha>`: 7+ hex digits); a new push needs a new approval |
 | `/devstack help` | this help |"""
@@ -115,6 +118,13 @@ def parse_comment(body: str, *, services: Sequence[str]) -> Parsed | Reply | Non
         if args:
             return _service(name, args[0], services)
         return Parsed(name=name)
+    if name == "dev":
+        off = bool(args) and args[0].lower() == "off"
+        rest = args[1:] if off else args
+        if len(rest) != 1:
+            return _usage("`dev` takes one service, like `/devstack dev ledger` (or `/devstack dev off ledger`)")
+        parsed = _service("dev-off" if off else "dev", rest[0], services)
+        return parsed
     if name in ("add", "remove"):
         if len(args) != 1:
             return _usage(f"`{name}` takes one service name, like `/devstack {name} ledger`")
@@ -234,6 +244,10 @@ class CommandRunner:
         if parsed.name in ("sleep", "wake"):
             self._command(comment, op=parsed.name, services=((parsed.arg, ""),) if parsed.arg else ())
             return f"{parsed.name} {parsed.arg or 'preview'} queued"
+        if parsed.name in ("dev", "dev-off"):
+            mode = "off" if parsed.name == "dev-off" else "on"
+            self._command(comment, op="dev", services=((parsed.arg, ""),), args=(("mode", mode),))
+            return f"dev {mode} {parsed.arg} queued"
         if parsed.name == "ttl":
             current = client.pull_request(repo=comment.repo, number=comment.number)  # labels as they are now
             wanted = label(self._settings, f"ttl:{parsed.arg}")
@@ -312,14 +326,14 @@ class CommandRunner:
 
 # --- previews without a PR: devstack up / down / set / restart / sleep / wake ---------------------
 
-CLI_OPS = ("up", "down", "set", "restart", "sleep", "wake")
+CLI_OPS = ("up", "down", "set", "restart", "sleep", "wake", "dev")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 def cli_command(
     *, op: str, feature: str, catalog: Settings, services: Sequence[str] = (), env: Mapping[str, str] | None = None,
-    ttl: str | None = None, actor: str = "cli", now: datetime | None = None,
+    ttl: str | None = None, actor: str = "cli", now: datetime | None = None, mode: str = "",
 ) -> Command:
     """A :class:`Command` from what a person typed (CLI or API); :class:`ValueError` says what is wrong.
 
@@ -339,7 +353,13 @@ def cli_command(
         pinned.append((name, tag))
     if op in ("up", "set", "restart") and not pinned:
         raise ValueError(f"{op} needs at least one service")
-    if op in ("set", "restart", "sleep", "wake") and any(tag for _, tag in pinned):
+    if op == "dev":
+        if mode not in ("on", "off") or len(pinned) != 1:
+            raise ValueError("dev takes on or off and one service")
+        if mode == "on" and catalog.services[pinned[0][0]].dev is None:
+            raise ValueError(f"{pinned[0][0]} has no dev block in the catalog (services.{pinned[0][0]}.dev: "
+                             "see docs/develop.md)")
+    if op in ("set", "restart", "sleep", "wake", "dev") and any(tag for _, tag in pinned):
         raise ValueError(f"{op} takes service names without a tag")
     args: list[tuple[str, str]] = []
     for key, value in (env or {}).items():
@@ -351,6 +371,8 @@ def cli_command(
     if ttl is not None:
         parse_duration(ttl)  # raises InvalidDuration (a ValueError) with a clear message
         args.append(("ttl", ttl))
+    if op == "dev":
+        args.append(("mode", mode))
     stack = feature if naming.is_feature_name(feature) else naming.feature_name(feature)
     return Command(
         delivery_id=f"cli:{op}:{uuid.uuid4()}", op=op, feature=stack, services=tuple(pinned),

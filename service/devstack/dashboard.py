@@ -68,6 +68,7 @@ class ServiceView:
     phase: str = ""  # live status of its Application, when known
     reason: str = ""
     asleep_since: str = ""  # sleeping since (docs/sleep.md); "" while awake
+    dev_until: str = ""  # in dev mode until (docs/develop.md)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -286,6 +287,7 @@ def _previews(
                 built_by=prs[key].label if built else "",
                 phase=str(_field(app, "phase") or ""), reason=str(_field(app, "reason") or ""),
                 asleep_since=str(element["sleep"]["since"]).replace("T", " ") if element.get("sleep") else "",
+                dev_until=str(element["dev"]["expiresAt"]).replace("T", " ") if element.get("dev") else "",
             ))
         expiries = sorted(str(e["expiresAt"]) for e in elements if e["expiresAt"] != NEVER)
         expires_at = expiries[0] if expiries else NEVER

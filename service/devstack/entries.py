@@ -73,6 +73,8 @@ def validate(feature: str, elements: list[Element], *, fast: bool = False) -> No
         if asleep != (element["values"].get("sleep") is True) or asleep != ("wake" in element["values"]):
             problems.append("sleep, values.sleep and values.wake disagree (all three are set while asleep, "
                             "none while awake)")
+        if bool(element.get("dev")) != ("dev" in element["values"]):
+            problems.append("dev and values.dev disagree (both are set in dev mode, neither otherwise)")
         if problems:
             raise InvalidEntry(f"{entry_filename(feature)}: {index}: {'; '.join(problems)}")
         services.add(service)

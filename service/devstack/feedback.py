@@ -155,6 +155,8 @@ def _short_image(image: str) -> str:
 
 def _state(link: ServiceLink) -> str:
     """awake, or since when it sleeps (and that a request wakes it)."""
+    if link.dev_until and not link.asleep_since:
+        return f":hammer_and_wrench: dev mode until {link.dev_until.replace('T', ' ').replace('Z', ' UTC')}"
     if not link.asleep_since:
         return "awake"
     return f":zzz: sleeping since {link.asleep_since.replace('T', ' ').replace('Z', ' UTC')}, wakes on first request"

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from devstack import naming
+from devstack import devmode, naming
 from devstack import sleep as sleeping
 from devstack.catalog import Settings
 from devstack.durations import InvalidDuration, format_duration, parse_duration
@@ -57,6 +57,7 @@ class ServiceLink:
     image: str
     source: str  # the PR key that builds this service, or "" for a base / pinned build
     asleep_since: str = ""  # when it was put to sleep ("" while awake)
+    dev_until: str = ""  # dev mode ends then ("" when not in dev mode)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -551,6 +552,7 @@ def _element(
 def _carry_overrides(old: Element, new: Element) -> None:
     """What ``devstack set`` / ``restart`` changed, and sleeping, survive a rebuild of the element."""
     sleeping.carry_sleep(old, new)
+    devmode.carry(old, new)
     overrides = old.get("overrides")
     if not overrides:
         return
@@ -640,7 +642,7 @@ def _command(state: _State, command: Command, catalog: Settings, batch: _Batch) 
         state.reindex(feature)
 
 
-_WAKES_THE_STACK = ("up", "set", "restart", "redeploy", "extend", "ttl")
+_WAKES_THE_STACK = ("up", "set", "restart", "redeploy", "extend", "ttl", "dev")
 
 
 def _run_command(
@@ -680,7 +682,42 @@ def _run_command(
         return _sleep(elements, command, catalog, batch, feature=feature)
     if command.op == "wake":
         return _wake(elements, command, batch, feature=feature)
+    if command.op == "dev":
+        return _dev(elements, command, catalog)
     return f"unknown command {command.op!r}"
+
+
+def _dev(elements: list[Element], command: Command, catalog: Settings) -> str | None:
+    """``dev`` on / off one service (docs/develop.md); ``expire`` is the reaper's off, naming the expiry
+    it saw (dev mode extended meanwhile stays on)."""
+    args = dict(command.args)
+    if len(command.services) != 1:
+        return "dev takes one service"
+    service = command.services[0][0]
+    element = _find(elements, service)
+    if element is None:
+        return f"no preview of {service} in this stack (dev mode needs one: add it first)"
+    mode = args.get("mode", "on")
+    if mode == "off":
+        return None if devmode.turn_off(element) else "not in dev mode"
+    if mode == "expire":
+        if not devmode.is_on(element) or element["dev"]["expiresAt"] != args.get("expiresAt"):
+            return "extended meanwhile"
+        devmode.turn_off(element)
+        return None
+    spec = catalog.services.get(service)
+    if spec is None or spec.dev is None:
+        return f"{service} has no dev block in the catalog (services.{service}.dev)"
+    try:
+        ttl = parse_duration(args["ttl"]) if args.get("ttl") else spec.dev.ttl
+    except InvalidDuration as exc:
+        return str(exc)
+    ttl = ttl or spec.dev.ttl  # dev mode is never forever
+    if catalog.ttl.max is not None and ttl > catalog.ttl.max:
+        ttl = catalog.ttl.max
+    devmode.turn_on(element, spec=spec, since=format_time(command.received_at),
+                    expires=format_time(command.received_at + ttl))
+    return None
 
 
 def _targets(elements: list[Element], command: Command) -> tuple[list[Element], str | None]:
@@ -863,6 +900,7 @@ def stack_feedback(
             image=f"{e['values']['image']['repository']}:{e['values']['image']['tag']}",
             source=source_key(e) or "",
             asleep_since=e["sleep"]["since"] if sleeping.is_asleep(e) else "",
+            dev_until=e["dev"]["expiresAt"] if devmode.is_on(e) else "",
         )
         for e in sorted(elements, key=lambda e: e["service"])
     )

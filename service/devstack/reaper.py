@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from devstack import devmode
 from devstack import sleep as sleeping
 from devstack.catalog import Settings
 from devstack.entries import Element
@@ -68,6 +69,7 @@ class ReapSummary:
     checked: int
     expired: list[tuple[str, str]] = field(default_factory=list)
     warned: list[tuple[str, str]] = field(default_factory=list)
+    dev_ended: list[tuple[str, str, str]] = field(default_factory=list)  # (feature, service, dev expiry)
     dry_run: bool = False
 
     def format(self) -> str:
@@ -76,6 +78,8 @@ class ReapSummary:
                  f"{len(self.warned)} to warn{' (dry run)' if self.dry_run else ''}"]
         lines += [f"  expired  {feature} (at {expiry}): {verb} be removed" for feature, expiry in self.expired]
         lines += [f"  warning  {feature} expires at {expiry}" for feature, expiry in self.warned]
+        lines += [f"  dev off  {feature}/{service} (dev mode ended at {expiry}): {verb} run the PR's build again"
+                  for feature, service, expiry in self.dev_ended]
         return "\n".join(lines)
 
 
@@ -94,13 +98,23 @@ class Reaper:
         expired, warn = due(state, now=now, warn_before=self._settings.ttl.warn_before)
         already = self._journal.warned_all()
         warned = [(f, x) for f, x in warn if already.get(f) != x]
-        summary = ReapSummary(checked=len(state), expired=expired, warned=warned, dry_run=dry_run)
+        gone = {feature for feature, _ in expired}
+        stamp = format_time(now)
+        dev_ended = [(feature, str(e["service"]), str(e["dev"]["expiresAt"])) for feature in sorted(state)
+                     if feature not in gone for e in state[feature]
+                     if devmode.is_on(e) and str(e["dev"]["expiresAt"]) <= stamp]
+        summary = ReapSummary(checked=len(state), expired=expired, warned=warned, dev_ended=dev_ended,
+                              dry_run=dry_run)
         if dry_run:
             return summary
         commands = [Command(delivery_id=f"expire:{feature}:{expiry}", op="expire", feature=feature,
                             args=(("expiresAt", expiry),), actor="reaper", received_at=now)
                     for feature, expiry in expired]
-        self._journal.record_many([{"delivery_id": c.delivery_id, "provider": "devstack", "event": "command:expire",
+        commands += [Command(delivery_id=f"dev-expire:{feature}:{service}:{expiry}", op="dev", feature=feature,
+                             services=((service, ""),), args=(("mode", "expire"), ("expiresAt", expiry)),
+                             actor="reaper", received_at=now)
+                     for feature, service, expiry in dev_ended]
+        self._journal.record_many([{"delivery_id": c.delivery_id, "provider": "devstack", "event": f"command:{c.op}",
                                     "pr": c.key, "payload": c.to_json()} for c in commands])
         for feature, expiry in expired:
             logger.info("preview %s expired at %s: removing", feature, expiry)
@@ -190,6 +204,8 @@ class Sleeper:
                 if where not in schedules:
                     schedules[where] = sleeping.schedule_of(self._settings, service=service, repo=repo)
                 summary.checked += 1
+                if devmode.is_on(element):  # a developer is syncing into it: never put to sleep
+                    continue
                 asleep = element.get("sleep")
                 summary.asleep += bool(asleep)
                 verdict = sleeping.decide(asleep=asleep, last_activity=datetime.fromtimestamp(last, UTC),
