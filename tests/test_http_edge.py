@@ -317,3 +317,11 @@ def test_serve_in_a_cluster_prints_no_secret_and_says_which_providers_are_off(tm
     assert "Generated a webhook secret" not in output and "gh-secret-in-pod-1" not in output
     assert "webhooks from github: on (1 secret(s) configured)" in output
     assert "webhooks from gitlab are OFF: providers.gitlab.webhook_secrets is not configured" in output
+
+
+def test_a_query_parameter_given_twice_is_a_400_not_its_last_value(server: RunningServer) -> None:
+    """Found by schemathesis: ``?limit=false&limit=5`` was read as 5, accepting the invalid first value."""
+    response = server.get("/api/deadletters?limit=false&limit=5")
+    assert response.status_code == 400
+    assert response.json() == {"error": "query parameter 'limit' given more than once"}
+    assert server.get("/api/deadletters?limit=5").status_code == 200

@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import parse_qsl
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -65,6 +66,28 @@ _REASONS = {400: "malformed request", 401: "missing or wrong signature or token"
             413: "body larger than security.max_body_bytes (webhooks) or security.max_api_body_bytes",
             503: "a dependency is unavailable (the GitOps history could not be read)",
             429: "too many requests (the wake endpoint: sleep.wake_rate a minute per preview host)"}
+
+
+class SingleQueryValues:
+    """Pure ASGI middleware: a parameter of the API given twice (``?limit=x&limit=5``) is a 400, never
+    read as its last value only (which would accept a request whose other values are invalid).
+    Parameters no route reads are ignored, as before."""
+
+    NAMES = frozenset({"limit", "since", "by", "dry_run", "refresh"})
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("query_string"):
+            names = [name for name, _ in parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)]
+            repeated = sorted({name for name in names if name in self.NAMES and names.count(name) > 1})
+            if repeated:
+                answer = JSONResponse({"error": f"query parameter {repeated[0][:40]!r} given more than once"},
+                                      status_code=400)
+                await answer(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:
@@ -141,6 +164,7 @@ def create_app(
 
     app = FastAPI(title="devstack", version=__version__, lifespan=lifespan)
     security = settings.security
+    app.add_middleware(SingleQueryValues)
     app.add_middleware(BodyLimit, limit=lambda path: security.max_body_bytes if path.startswith("/webhooks/")
                        else security.max_api_body_bytes)
 
@@ -241,13 +265,13 @@ def create_app(
             return JSONResponse({"error": f"the GitOps history could not be read: {exc}"}, status_code=503)
         return JSONResponse(report.view())
 
-    @app.get("/api/deliveries")
+    @app.get("/api/deliveries", responses=_errors(400))
     async def deliveries(request: Request, limit: int = 50) -> list[dict[str, Any]]:
         runtime: Runtime = request.app.state.runtime
         rows = await run_in_threadpool(runtime.journal.recent, limit=max(1, min(limit, 500)))
         return [_delivery_view(row) for row in rows]
 
-    @app.get("/api/deadletters")
+    @app.get("/api/deadletters", responses=_errors(400))
     async def deadletters(request: Request, limit: int = 100) -> dict[str, Any]:
         """The newest ``limit`` (1..500) dead deliveries and dead comments, newest first."""
         runtime: Runtime = request.app.state.runtime
@@ -259,7 +283,7 @@ def create_app(
             "feedback": [{"pr": f.pr, "attempts": f.attempts, "error": f.last_error} for f in feedback],
         }
 
-    @app.get("/api/feedback")
+    @app.get("/api/feedback", responses=_errors(400))
     async def feedback(request: Request, limit: int = 100) -> list[dict[str, Any]]:
         """The sticky comments of the ``limit`` (1..500) PRs whose feedback changed last."""
         runtime: Runtime = request.app.state.runtime
@@ -313,7 +337,7 @@ def create_app(
             return JSONResponse({"error": "no such delivery"}, status_code=404)
         return JSONResponse(_delivery_view(row))
 
-    @app.post("/api/reap", dependencies=[Depends(authorized)], responses=_errors(401))
+    @app.post("/api/reap", dependencies=[Depends(authorized)], responses=_errors(400, 401))
     async def reap(request: Request, dry_run: bool = False) -> dict[str, Any]:
         runtime: Runtime = request.app.state.runtime
         summary = await run_in_threadpool(runtime.reaper.run_once, dry_run=dry_run)
@@ -325,7 +349,7 @@ def create_app(
             result["waking"] = sleep.waking
         return result
 
-    @app.post("/api/resync", dependencies=[Depends(authorized)], responses=_errors(401))
+    @app.post("/api/resync", dependencies=[Depends(authorized)], responses=_errors(400, 401))
     async def resync(request: Request, dry_run: bool = False) -> dict[str, Any]:
         runtime: Runtime = request.app.state.runtime
         summary = await run_in_threadpool(runtime.resyncer.run_once, dry_run=dry_run)
