@@ -425,3 +425,16 @@ def test_mirrord_without_mirrord_is_exit_2_with_the_file_written(
     assert "mirrord is not installed" in err and "metalbear.com" in err
     written = json.loads((out / ".mirrord" / "mirrord.json").read_text())
     assert written["target"] == {"path": "deployment/ledger", "namespace": "preview-demo"}  # the preview
+
+
+def test_the_dashboard_and_the_api_show_dev_mode(settings: Settings, stack: dict[str, list[dict[str, Any]]]) -> None:
+    from devstack.app import previews_view
+    from devstack.dashboard import _previews
+
+    on = applied(settings, dev("payments-api"), state=stack).entries
+    [preview] = _previews(on, now=T0, outbox={}, titles={}, live=None)
+    views = {s.service: s for s in preview.services}
+    assert views["payments-api"].dev_until == "2026-11-20 18:10:00Z" and views["ledger"].dev_until == ""
+    [api] = previews_view(on)
+    assert {s["service"]: s["devUntil"] for s in api["services"]} == {"ledger": None,
+                                                                       "payments-api": "2026-11-20T18:10:00Z"}

@@ -46,6 +46,18 @@ CASES = {
                         source="github:acme/payments#42", asleep_since="2026-11-21T18:30:00Z"),
         ),
     ),
+    "comment-dev-mode": Feedback(
+        pr=PR, pr_url="https://github.com/acme/payments/pull/42", status="active", feature="login-fix",
+        sha="0123456789abcdef0123456789abcdef01234567", header="x-devstack-feature",
+        expires_at="2026-11-23T10:00:00Z",
+        services=(
+            ServiceLink(service="ledger", url="https://login-fix--ledger.preview.example.com",
+                        image="ghcr.io/acme/ledger:main", source="", asleep_since="2026-11-21T18:00:00Z"),
+            ServiceLink(service="payments-api", url="https://login-fix--payments-api.preview.example.com",
+                        image="ghcr.io/acme/payments-api:0123456789abcdef0123456789abcdef01234567",
+                        source="github:acme/payments#42", dev_until="2026-11-21T18:30:00Z"),
+        ),
+    ),
     "comment-partly-asleep": Feedback(
         pr=PR, pr_url="https://github.com/acme/payments/pull/42", status="active", feature="login-fix",
         sha="0123456789abcdef0123456789abcdef01234567", header="x-devstack-feature",
