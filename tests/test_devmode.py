@@ -438,3 +438,8 @@ def test_the_dashboard_and_the_api_show_dev_mode(settings: Settings, stack: dict
     [api] = previews_view(on)
     assert {s["service"]: s["devUntil"] for s in api["services"]} == {"ledger": None,
                                                                        "payments-api": "2026-11-20T18:10:00Z"}
+    from devstack.cli import format_previews
+
+    table = format_previews([api]).splitlines()
+    assert table[0].split()[-1] == "STATE"
+    assert table[1].endswith("awake") and table[2].endswith("dev until 2026-11-20T18:10:00Z")

@@ -534,14 +534,23 @@ def _previews_from_repo(settings: Settings) -> list[dict[str, Any]]:
         return previews_view(cache.decode(store.read()), quarantined=cache.quarantined)
 
 
+def _state(service: dict[str, Any]) -> str:
+    """awake, asleep since ..., or dev mode until ... (docs/sleep.md, docs/develop.md)."""
+    if service.get("asleepSince"):
+        return f"asleep since {service['asleepSince']}"
+    if service.get("devUntil"):
+        return f"dev until {service['devUntil']}"
+    return "awake"
+
+
 def format_previews(data: list[dict[str, Any]]) -> str:
-    rows = [("FEATURE", "SERVICE", "URL", "IMAGE", "PR", "EXPIRES")]
+    rows = [("FEATURE", "SERVICE", "URL", "IMAGE", "PR", "EXPIRES", "STATE")]
     for preview in data:
         if preview.get("quarantined"):
-            rows.append((preview["feature"], "-", "quarantined: " + str(preview["quarantined"])[:120], "", "", ""))
+            rows.append((preview["feature"], "-", "quarantined: " + str(preview["quarantined"])[:120], "", "", "", ""))
         for service in preview["services"]:
             rows.append((preview["feature"], service["service"], service["url"], service["image"].rsplit("/", 1)[-1],
-                         service["pr"], preview["expiresAt"]))
+                         service["pr"], preview["expiresAt"], _state(service)))
     if len(rows) == 1:
         return "no previews"
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
