@@ -443,3 +443,30 @@ def test_the_dashboard_and_the_api_show_dev_mode(settings: Settings, stack: dict
     table = format_previews([api]).splitlines()
     assert table[0].split()[-1] == "STATE"
     assert table[1].endswith("awake") and table[2].endswith("dev until 2026-11-20T18:10:00Z")
+
+
+def test_dev_mode_through_the_api_of_a_running_server(
+    settings: Settings, serve: Callable[..., Any], bare_remote: str,
+) -> None:
+    import httpx
+
+    server = serve(settings)
+    token = server.app.state.api_tokens[0].get_secret_value()
+    auth = {"Authorization": f"Bearer {token}"}
+
+    def command(body: dict[str, Any]) -> httpx.Response:
+        return httpx.post(server.url + "/api/commands", json=body, headers=auth, timeout=30)
+
+    assert command({"op": "up", "feature": "demo", "services": ["ledger"]}).status_code == 202
+    server.wait_idle()
+    assert command({"op": "dev", "feature": "demo", "services": ["ledger"], "mode": "on", "ttl": "1h"}).status_code \
+        == 202
+    server.wait_idle()
+    [element] = remote_files(bare_remote)["demo"]
+    assert element["values"]["dev"]["workdirs"] == ["/src"]
+    refused = command({"op": "dev", "feature": "demo", "services": ["ledger"], "mode": "sideways"})
+    assert refused.status_code == 400 and "dev takes on or off and one service" in refused.json()["error"]
+    assert command({"op": "dev", "feature": "demo", "services": ["ledger"], "mode": "off"}).status_code == 202
+    server.wait_idle()
+    [element] = remote_files(bare_remote)["demo"]
+    assert "dev" not in element["values"]
