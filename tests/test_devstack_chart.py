@@ -180,3 +180,24 @@ def test_values_are_not_mutated_by_rendering() -> None:
     values = copy.deepcopy(EVERYTHING)
     render(values)
     assert values == EVERYTHING
+
+
+@pytest.mark.parametrize(("name", "port"), [("devstack", 80), ("previews", 8081)])
+def test_sleeping_previews_are_routed_to_this_releases_own_service(name: str, port: int) -> None:
+    """docs/sleep.md: the wake target follows the release's Service (its name and port) and namespace,
+    so a release not called devstack, or a changed service.port, still wakes its previews."""
+    objects = render({"service": {"port": port}}, name=name)
+    service = one(objects, "Service")
+    env = {e["name"]: e for e in container(objects)["env"]}
+    assert env["DEVSTACK_SLEEP__WAKE__SERVICE"]["value"] == service["metadata"]["name"]
+    assert env["DEVSTACK_SLEEP__WAKE__PORT"]["value"] == str(service["spec"]["ports"][0]["port"]) == str(port)
+    assert env["DEVSTACK_SLEEP__WAKE__NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+
+
+def test_the_kustomize_deployment_wakes_through_the_namespace_it_is_applied_to() -> None:
+    manifest = yaml.safe_load((REPO_ROOT / "manifests" / "deployment.yaml").read_text())
+    [container_] = manifest["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container_["env"]}
+    assert env["DEVSTACK_SLEEP__WAKE__NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    service = yaml.safe_load((REPO_ROOT / "manifests" / "service.yaml").read_text())
+    assert (service["metadata"]["name"], service["spec"]["ports"][0]["port"]) == ("devstack", 80)  # the defaults
