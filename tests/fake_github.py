@@ -31,6 +31,8 @@ class FakeGitHub:
     calls: list[Call] = field(default_factory=list)
     fail_next: list[tuple[int, dict[str, str]]] = field(default_factory=list)  # (status, headers) to answer
     on_list_page: Callable[[str, int], None] | None = None  # (repo, page): before a page of open PRs is answered
+    # (repo, sha) -> {"check_runs": [...], "check_suites": [...], "statuses": [...]}: what CI reported
+    commit_checks: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
     _next_id: int = 1000
 
     def _id(self) -> int:
@@ -71,6 +73,9 @@ class FakeGitHub:
         rsps.add_callback(responses.GET, re.compile(base + r"/repos/([^/]+/[^/]+)/deployments/(\d+)/statuses.*"),
                           callback=self._list_statuses)
         rsps.add_callback(responses.GET, re.compile(base + r"/user$"), callback=self._user)
+        rsps.add_callback(responses.GET, re.compile(
+            base + r"/repos/([^/]+/[^/]+)/commits/([0-9a-f]{40})/(check-runs|check-suites|status)(\?.*)?$"),
+            callback=self._commit_checks)
         rsps.add_callback(responses.GET, re.compile(base + r"/repos/([^/]+/[^/]+)/pulls(\?.*)?$"),
                           callback=self._list_pulls)
         rsps.add_callback(responses.GET, re.compile(base + r"/repos/([^/]+/[^/]+)/collaborators/([^/]+)/permission$"),
@@ -128,6 +133,18 @@ class FakeGitHub:
         (repo,) = self._groups(request, r"/repos/([^/]+/[^/]+)$")
         return failed or self._json(200, {"id": 1, "full_name": repo, "name": repo.split("/")[1],
                                           "url": self._url(f"/repos/{repo}")})
+
+    def _commit_checks(self, request: Any) -> tuple[int, dict[str, str], str]:
+        _, _, failed = self._record(request)
+        repo, sha, what = self._groups(
+            request, r"/repos/([^/]+/[^/]+)/commits/([0-9a-f]{40})/(check-runs|check-suites|status)")
+        known = self.commit_checks.get((repo, sha), {})
+        key = {"check-runs": "check_runs", "check-suites": "check_suites", "status": "statuses"}[what]
+        items = known.get(key, [])
+        body: dict[str, Any] = {key: items} if what == "status" else {"total_count": len(items), key: items}
+        if what == "status":
+            body.update({"sha": sha, "state": "pending", "total_count": len(items)})
+        return failed or self._json(200, body)
 
     def add_pull(self, pull_request: dict[str, Any]) -> None:
         """Make a PR known (the ``pull_request`` object of a webhook payload)."""

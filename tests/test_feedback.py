@@ -10,7 +10,7 @@ import pytest
 
 from devstack.events import Provider, PullRequestRef
 from devstack.feedback import MARKER, feedback_from_dict, feedback_to_dict, render_comment
-from devstack.planner import Feedback, ServiceLink
+from devstack.planner import Feedback, GateNote, ServiceLink
 
 GOLDEN = Path(__file__).parent / "golden"
 PR = PullRequestRef(provider=Provider.GITHUB, repo="acme/payments", number=42)
@@ -70,6 +70,39 @@ CASES = {
                         source="github:acme/payments#42"),
         ),
     ),
+    "comment-gate-waiting": Feedback(
+        pr=PR, pr_url="https://github.com/acme/payments/pull/42", status="waiting", feature="login-fix",
+        sha="0123456789abcdef0123456789abcdef01234567",
+        gates=(GateNote(service="payments-api", state="waiting", sha="0123456789abcdef0123456789abcdef01234567",
+                        waiting=("build", "image"), url="https://github.com/acme/payments/runs/1"),),
+    ),
+    "comment-gate-failed-first": Feedback(
+        pr=PR, pr_url="https://github.com/acme/payments/pull/42", status="waiting", feature="login-fix",
+        sha="0123456789abcdef0123456789abcdef01234567",
+        gates=(GateNote(service="payments-api", state="failed", sha="0123456789abcdef0123456789abcdef01234567",
+                        failed=("build",), url="https://github.com/acme/payments/runs/2"),),
+    ),
+    "comment-gate-serving": Feedback(
+        pr=PR, pr_url="https://github.com/acme/payments/pull/42", status="active", feature="login-fix",
+        sha="fedcba9876543210fedcba9876543210fedcba98", header="x-devstack-feature",
+        expires_at="2026-11-23T10:00:00Z",
+        services=(ServiceLink(service="payments-api", url="https://login-fix--payments-api.preview.example.com",
+                              image="ghcr.io/acme/payments-api:fedcba9876543210fedcba9876543210fedcba98",
+                              source="github:acme/payments#42"),),
+        gates=(GateNote(service="payments-api", state="waiting", sha="0123456789abcdef0123456789abcdef01234567",
+                        serving="fedcba9876543210fedcba9876543210fedcba98", waiting=("build",),
+                        url="https://github.com/acme/payments/runs/3", overdue=True),),
+    ),
+    "comment-gate-failed-serving": Feedback(
+        pr=PR, pr_url="https://github.com/acme/payments/pull/42", status="active", feature="login-fix",
+        sha="fedcba9876543210fedcba9876543210fedcba98", header="x-devstack-feature",
+        expires_at="2026-11-23T10:00:00Z",
+        services=(ServiceLink(service="payments-api", url="https://login-fix--payments-api.preview.example.com",
+                              image="ghcr.io/acme/payments-api:fedcba9876543210fedcba9876543210fedcba98",
+                              source="github:acme/payments#42"),),
+        gates=(GateNote(service="payments-api", state="failed", sha="0123456789abcdef0123456789abcdef01234567",
+                        serving="fedcba9876543210fedcba9876543210fedcba98", failed=("build", "lint")),),
+    ),
     "comment-removed-merged": Feedback(
         pr=PR, pr_url="https://github.com/acme/payments/pull/42", status="removed", feature="login-fix",
         sha="0" * 40, reason="merged",
@@ -84,6 +117,14 @@ def test_comment_matches_golden_file(name: str) -> None:
     if os.environ.get("DEVSTACK_UPDATE_GOLDEN"):
         path.write_text(body)
     assert body == path.read_text(), f"{name} differs from {path}; regenerate and review if intended"
+
+
+@pytest.mark.parametrize("name", sorted(name for name in CASES if "gate" in name))
+def test_gate_states_survive_the_outbox(name: str) -> None:
+    """What the planner said about gates is what the sender renders after the journal round trip."""
+    again = feedback_from_dict(feedback_to_dict(CASES[name]))
+    assert again == CASES[name]
+    assert render_comment(again) == render_comment(CASES[name])
 
 
 def test_comment_starts_with_the_marker_and_lists_every_url() -> None:

@@ -210,7 +210,7 @@ def test_labels_are_optional() -> None:
         ("pull_request", "auto_merge_enabled"),
         ("push", None),
         ("pull_request_review", "submitted"),
-        ("check_suite", "completed"),
+        ("deployment_status", "created"),
     ],
 )
 def test_other_events_and_actions_are_ignored(event: str, action: str | None) -> None:

@@ -25,7 +25,7 @@ import pytest
 
 from devstack import setup_github
 from devstack.catalog import Settings
-from devstack.providers.github import APP_EVENTS, APP_PERMISSIONS
+from devstack.providers.github import APP_EVENTS, APP_PERMISSIONS, GATE_EVENTS, GATE_PERMISSIONS
 from devstack.runtime import Runtime, webhook_secrets
 from tests.conftest import SECRET, RunningServer
 from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS, _browser_or_skip
@@ -123,7 +123,7 @@ def expected_manifest(*, server: RunningServer, webhook_url: str, name: str = "d
     return {"name": name, "url": server.url, "description": "Preview environments per pull request (devstack)",
             "hook_attributes": {"url": webhook_url, "active": True},
             "redirect_url": f"{server.url}/setup/github/callback", "public": False,
-            "default_permissions": APP_PERMISSIONS, "default_events": list(APP_EVENTS)}
+            "default_permissions": {**APP_PERMISSIONS, **GATE_PERMISSIONS}, "default_events": [*APP_EVENTS, *GATE_EVENTS]}
 
 
 @pytest.mark.timeout(120)
@@ -277,5 +277,12 @@ def test_the_manifest_asks_for_exactly_what_doctor_checks() -> None:
 
     document = setup_github.manifest(name="x", webhook_url="https://d/webhooks/github", callback_url="https://d/cb",
                                      homepage="https://d")
-    assert document["default_permissions"] == doctor.APP_PERMISSIONS
-    assert tuple(document["default_events"]) == doctor.APP_EVENTS
+    # what doctor checks of an installation that has a gate (docs/gates.md): the check events and reading them
+    assert document["default_permissions"] == {**doctor.APP_PERMISSIONS, **doctor.GATE_PERMISSIONS}
+    assert tuple(document["default_events"]) == (*doctor.APP_EVENTS, *doctor.GATE_EVENTS)
+    assert doctor._installation_lacks({"permissions": document["default_permissions"],
+                                       "events": document["default_events"]}, gates=True) == ""
+    assert "the check_run event" in doctor._installation_lacks({"permissions": doctor.APP_PERMISSIONS,
+                                                                "events": list(doctor.APP_EVENTS)}, gates=True)
+    assert doctor._installation_lacks({"permissions": doctor.APP_PERMISSIONS,
+                                       "events": list(doctor.APP_EVENTS)}) == ""

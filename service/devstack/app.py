@@ -45,7 +45,8 @@ from devstack.errors import (
     Unauthorized,
     WebhookError,
 )
-from devstack.events import CommentEvent, PullRequestEvent
+from devstack.events import CheckEvent, CommentEvent, PullRequestEvent
+from devstack.gatekeeper import waiting_gates
 from devstack.journal import Delivery
 from devstack.log import bind
 from devstack.planner import NEVER
@@ -247,6 +248,12 @@ def create_app(
         runtime: Runtime = request.app.state.runtime
         return previews_view(runtime.worker.snapshot(), quarantined=runtime.worker.quarantined())
 
+    @app.get("/api/gates")
+    async def gates(request: Request) -> list[dict[str, Any]]:
+        """PR heads whose gate (CI) is closed: what each waits for, since when, past the deadline or not."""
+        runtime: Runtime = request.app.state.runtime
+        return await run_in_threadpool(waiting_gates, journal=runtime.journal, settings=runtime.settings)
+
     @app.get("/api/usage", responses=_errors(400, 503))
     async def usage(
         request: Request, since: str = Query("30d", max_length=20, pattern=r"^([0-9]{1,5}[smhdw])+$"),
@@ -445,7 +452,15 @@ async def _receive(request: Request, *, provider: WebhookProvider, settings: Set
             logger.info("ignored %s: %s", event_name, result.reason)
             runtime.metrics.deliveries.labels(provider.name, "ignored").inc()
             return JSONResponse({"status": "ignored", "reason": result.reason, "delivery": delivery_id})
-        with bind(repo=result.repo, pr=result.number):
+        if isinstance(result, CheckEvent) and not settings.gated(provider=provider.name, repo=result.repo):
+            result = Ignored(reason="no service of this repository has a gate")
+            await run_in_threadpool(
+                journal.record, delivery_id=delivery_id, provider=provider.name, event=event_name,
+                ignored=result.reason,
+            )
+            runtime.metrics.deliveries.labels(provider.name, "ignored").inc()
+            return JSONResponse({"status": "ignored", "reason": result.reason, "delivery": delivery_id})
+        with bind(repo=result.repo, pr=getattr(result, "number", None)):
             if isinstance(result, CommentEvent) and not result.head_sha:
                 # What `/devstack approve` approves: the head as devstack knows it now, not later.
                 result = replace(result, head_sha=await run_in_threadpool(journal.known_head, result.key))
@@ -459,13 +474,13 @@ async def _receive(request: Request, *, provider: WebhookProvider, settings: Set
                 return JSONResponse({"status": "ignored", "reason": "repository not allowed", "delivery": delivery_id})
             new = await run_in_threadpool(
                 journal.record, delivery_id=delivery_id, provider=provider.name, event=event_name, pr=result.key,
-                payload=result.to_json(), queue="comments" if isinstance(result, CommentEvent) else "git",
+                payload=result.to_json(), queue=_queue(result),
             )
             if not new:
                 logger.info("duplicate delivery; already recorded")
                 runtime.metrics.deliveries.labels(provider.name, "duplicate").inc()
                 return JSONResponse({"status": "duplicate", "delivery": delivery_id})
-            logger.info("queued %s %s", event_name, result.action)
+            logger.info("queued %s %s", event_name, getattr(result, "action", ""))
             runtime.metrics.deliveries.labels(provider.name, "queued").inc()
             return JSONResponse({"status": "queued", "delivery": delivery_id}, status_code=202)
 
@@ -488,10 +503,17 @@ async def _read_body(request: Request, *, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _queue(event: PullRequestEvent | CommentEvent | CheckEvent) -> str:
+    """Who applies a delivery: the worker (git), the command runner (comments), the gatekeeper (checks)."""
+    if isinstance(event, CommentEvent):
+        return "comments"
+    return "checks" if isinstance(event, CheckEvent) else "git"
+
+
 def _verified(
     provider: WebhookProvider, *, decoder: Decoder, headers: Mapping[str, str], body: bytes,
     secrets: Sequence[SecretStr], received_at: datetime,
-) -> tuple[str, str, PullRequestEvent | CommentEvent | Ignored | None]:
+) -> tuple[str, str, PullRequestEvent | CommentEvent | CheckEvent | Ignored | None]:
     """Verify, identify and translate a delivery (None: a ping). Runs in a worker thread."""
     provider.verify(headers=headers, body=body, secrets=secrets)
     event_name, delivery_id = provider.identify(headers=headers, body=body)

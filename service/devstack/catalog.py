@@ -15,12 +15,11 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -30,8 +29,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from devstack.durations import InvalidDuration, parse_duration
+from devstack.durations import Duration, OptionalDuration
 from devstack.errors import ConfigError
+from devstack.gates import GateSettings, GlobalGateSettings, qualified
 from devstack.hooks.config import HooksSettings
 from devstack.naming import FEATURE_MAX, host_template_problem, hostname_problem, service_name_problem
 
@@ -44,17 +44,6 @@ def public_url(url: str) -> str:
     return _USERINFO.sub(r"\1", url)
 
 
-def _duration(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return parse_duration(value)
-        except InvalidDuration as exc:
-            raise ValueError(str(exc)) from None
-    return value
-
-
-Duration = Annotated[timedelta, BeforeValidator(_duration)]
-OptionalDuration = Annotated[timedelta | None, BeforeValidator(_duration)]
 
 
 class _Model(BaseModel):
@@ -271,6 +260,8 @@ class ServiceSettings(_Model):
     team: str = Field("", description="the team that owns the service (usage by team, sleep.schedules)")
     dev: DevSettings | None = Field(None, description="dev mode: hot reload from the laptop (docs/develop.md)")
     resources: dict[str, str] = Field(default_factory=dict, description="the container's requests: {cpu, memory}")
+    gate: GateSettings | None = Field(None, description="deploy a head sha only once CI built it (docs/gates.md); "
+                                                        "none: the global gate")
 
     @field_validator("team")
     @classmethod
@@ -453,6 +444,7 @@ class Settings(BaseSettings):
     hooks: HooksSettings = HooksSettings()
     cluster: ClusterSettings = ClusterSettings()
     sleep: SleepSettings = SleepSettings()
+    gate: GlobalGateSettings = GlobalGateSettings()
     teams: dict[str, str] = Field(default_factory=dict, description="repository glob -> team (CODEOWNERS-like: "
                                                                     "the last matching pattern wins)")
 
@@ -515,6 +507,25 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    @model_validator(mode="after")
+    def _image_gates_name_their_registry(self) -> Settings:
+        """An image gate asks the image's registry: the image must name it (``ghcr.io/acme/api``)."""
+        problems = [f"services.{name}.image: {spec.image!r} does not name its registry (like ghcr.io/acme/api), "
+                    "which its image gate must ask (docs/gates.md)"
+                    for name, spec in sorted(self.services.items()) if self.gate_of(name).image
+                    and not qualified(spec.image)]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def gate_of(self, service: str) -> GateSettings:
+        """The gate of a catalog service: its own ``gate``, else the global one."""
+        return self.gate.of(self.services[service].gate)
+
+    def gated(self, *, provider: str, repo: str) -> list[str]:
+        """The services of a repository whose head sha waits for a gate."""
+        return [name for name in self.services_of_repo(provider=provider, repo=repo) if self.gate_of(name).active]
 
     def repo_allowed(self, repo: str) -> bool:
         patterns = self.security.repos or sorted({s.repo for s in self.services.values()})

@@ -11,6 +11,8 @@ through the provider API that the author may write to the repository (cached bri
 * ``add`` / ``remove`` / ``ttl`` change the PR's ``devstack/with:`` and ``devstack/ttl:`` labels, so
   the labels stay the one place a PR's wishes live (visible on the PR, and what resync re-reads);
   the PR's fresh state is then journaled so the change applies without waiting for the webhook;
+* ``deploy`` opens the gate of the PR's current head once (docs/gates.md): recorded for that sha, then
+  the PR's state is journaled so it is deployed now; a later push waits for CI again;
 * ``extend`` and ``redeploy`` become :class:`~devstack.events.Command` events in the git queue;
 * ``approve`` records the approval of the head sha the approver saw: the one named in the command
   (``/devstack approve 1a2b3c4``), else the head devstack knew when the comment *arrived*
@@ -59,6 +61,8 @@ HELP = """\
 | `/devstack add <service>` | add a catalog service (and what it depends on) to this preview |
 | `/devstack remove <service>` | remove a service added with `add` |
 | `/devstack redeploy` | restart this pull request's services |
+| `/devstack deploy` | deploy the current head now, without waiting for CI (its gate), once; the next push waits \
+again |
 | `/devstack sleep [<service>]` | put this preview (or one service) to sleep now: scaled to zero, woken by the \
 first request to its URL |
 | `/devstack wake [<service>]` | wake this preview (or one service) now |
@@ -72,7 +76,7 @@ commented, or `<sha>`: 7+ hex digits); a new push needs a new approval |
 
 @dataclass(frozen=True, kw_only=True)
 class Parsed:
-    name: str  # ttl | extend | add | remove | redeploy | approve | sleep | wake | help
+    name: str  # ttl | extend | add | remove | redeploy | deploy | approve | sleep | wake | dev | dev-off
     arg: str = ""
 
 
@@ -94,7 +98,7 @@ def parse_comment(body: str, *, services: Sequence[str]) -> Parsed | Reply | Non
     name, args = words[1].lower(), words[2:]
     if name == "help":
         return Reply(text=HELP)
-    if name in ("extend", "redeploy"):
+    if name in ("extend", "redeploy", "deploy"):
         return Parsed(name=name) if not args else _usage(f"`{name}` takes no argument")
     if name == "approve":
         if not args:
@@ -264,6 +268,11 @@ class CommandRunner:
             return f"{parsed.name} {parsed.arg}"
         if parsed.name == "approve":
             return self._approve(client, comment, parsed)
+        if parsed.name == "deploy":
+            state = client.pull_request(repo=comment.repo, number=comment.number)
+            self._journal.bypass_gate(pr=comment.key, sha=state.head_sha, actor=comment.author)
+            self._refresh(client, comment, state=state)
+            return f"deploy {state.head_sha[:12]} without its gate"
         return f"ignored: {parsed.name}"
 
     def _approve(self, client: CommandClient, comment: CommentEvent, parsed: Parsed) -> str:

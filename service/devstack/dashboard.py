@@ -30,6 +30,7 @@ from fastapi.responses import HTMLResponse
 
 from devstack import __version__
 from devstack.errors import DevstackError
+from devstack.gatekeeper import waiting_gates
 from devstack.planner import NEVER
 from devstack.usage import Report
 
@@ -126,6 +127,7 @@ class Page:
     stalled: str = ""  # why the queue looks stalled ("" when it does not)
     usage: list[tuple[str, Report]] = field(default_factory=list)  # (by, report) over USAGE_WINDOW
     usage_error: str = ""
+    gates: list[dict[str, Any]] = field(default_factory=list)  # PR heads waiting for CI (waiting_gates)
 
 
 def router() -> APIRouter:
@@ -230,6 +232,7 @@ def collect(runtime: Runtime, *, now: datetime, refresh: int = REFRESH_SECONDS, 
         dead_feedback=dead_feedback, recent=[delivery(row) for row in recent_rows],
         quarantined=sorted(runtime.worker.quarantined().items()), stalled=_stalled(runtime),
         usage=usage, usage_error=usage_error,
+        gates=waiting_gates(journal=journal, settings=runtime.settings, limit=limit),
     )
 
 

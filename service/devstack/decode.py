@@ -20,14 +20,14 @@ from datetime import datetime
 from typing import Any
 
 from devstack.errors import BadPayload
-from devstack.events import CommentEvent, PullRequestEvent
+from devstack.events import CheckEvent, CommentEvent, PullRequestEvent
 from devstack.providers import Ignored, WebhookProvider
 
 logger = logging.getLogger(__name__)
 
 PROCESS_THRESHOLD = 256 * 1024
 
-Translated = PullRequestEvent | CommentEvent | Ignored
+Translated = PullRequestEvent | CommentEvent | CheckEvent | Ignored
 
 
 def decode(*, provider: str, event: str, delivery_id: str, body: bytes, content_type: str,

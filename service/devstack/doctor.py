@@ -32,7 +32,7 @@ from devstack import __version__, bootstrap
 from devstack.catalog import Settings, load_settings, public_url
 from devstack.errors import ConfigError, DevstackError, GitError
 from devstack.gitops import mask_url
-from devstack.providers.github import APP_EVENTS, APP_PERMISSIONS
+from devstack.providers.github import APP_EVENTS, APP_PERMISSIONS, GATE_EVENTS, GATE_PERMISSIONS
 
 TIMEOUT = 15.0
 GITLAB_DEVELOPER = 30
@@ -157,14 +157,16 @@ _PERMISSIONS_FIX = ("add them in the App's settings (Permissions & events), then
                     "installation's settings")
 
 
-def _installation_lacks(installation: Mapping[str, Any]) -> str:
-    """What an installation lacks of the permissions and events devstack needs ('' when nothing)."""
+def _installation_lacks(installation: Mapping[str, Any], *, gates: bool = False) -> str:
+    """What an installation lacks of the permissions and events devstack needs ('' when nothing);
+    ``gates``: a gate is configured, so the check events and read access to checks are needed too."""
     granted = installation.get("permissions") or {}
     rank = {"read": 1, "write": 2, "admin": 3}
-    missing = [f"{name}: {level}" for name, level in APP_PERMISSIONS.items()
+    wanted = {**APP_PERMISSIONS, **(GATE_PERMISSIONS if gates else {})}
+    missing = [f"{name}: {level}" for name, level in wanted.items()
                if rank.get(str(granted.get(name)), 0) < rank[level]]
     events = set(installation.get("events") or [])
-    missing += [f"the {event} event" for event in APP_EVENTS if event not in events]
+    missing += [f"the {event} event" for event in (*APP_EVENTS, *(GATE_EVENTS if gates else ())) if event not in events]
     return ", ".join(missing)
 
 
@@ -235,6 +237,7 @@ def _check_github_app(settings: Settings, *, api: str, key: str) -> Iterator[Che
         for repo in repos:
             installation = _installation(
                 f"{api}/repos/{repo}/installation", headers, api=api, where=f"the installation on {repo}",
+                gates=settings.gated(provider="github", repo=repo) != [],
                 not_found=fail("github app", f"App {github.app_id} is not installed on {repo}",
                                "install the App on the organisation or repository (its public page, Install)"))
             if isinstance(installation, Check):
@@ -246,6 +249,7 @@ def _check_github_app(settings: Settings, *, api: str, key: str) -> Iterator[Che
         return
     installation = _installation(
         f"{api}/app/installations/{github.installation_id}", headers, api=api, where="the installation",
+        gates=any(settings.gate.of(s.gate).active for s in settings.services.values() if s.provider == "github"),
         not_found=fail("github app", f"installation {github.installation_id} of App {github.app_id} does not exist",
                        "install the App on the catalog's repositories and set providers.github.installation_id "
                        "to the number in the installation's URL"))
@@ -256,8 +260,8 @@ def _check_github_app(settings: Settings, *, api: str, key: str) -> Iterator[Che
              "as devstack needs")
 
 
-def _installation(url: str, headers: dict[str, str], *, api: str, where: str, not_found: Check
-                  ) -> Check | Mapping[str, Any]:
+def _installation(url: str, headers: dict[str, str], *, api: str, where: str, not_found: Check,
+                  gates: bool = False) -> Check | Mapping[str, Any]:
     """Read one App installation (with the App's JWT): the failed check, or the installation when it has
     every permission and event devstack needs."""
     found = _get(url, headers)
@@ -273,7 +277,7 @@ def _installation(url: str, headers: dict[str, str], *, api: str, where: str, no
         return fail("github app", f"GET {url.removeprefix(api)} answered {found.status_code} {_message(found)}",
                     "check providers.github.api_url")
     installation: Mapping[str, Any] = found.json()
-    problem = _installation_lacks(installation)
+    problem = _installation_lacks(installation, gates=gates)
     if problem:
         return fail("github app", f"{where} lacks {problem}", _PERMISSIONS_FIX)
     return installation

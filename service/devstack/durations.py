@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
 
 FOREVER = "forever"
 _PART = re.compile(r"(\d{1,6})([smhdw])")
@@ -42,3 +45,18 @@ def format_duration(delta: timedelta | None) -> str:
         if n:
             parts.append(f"{n}{unit}")
     return "".join(parts) or "0s"
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except InvalidDuration as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+"""A config field holding a duration (``30m``, ``2h``...)."""
+OptionalDuration = Annotated[timedelta | None, BeforeValidator(_duration)]
+"""... or ``forever`` (None)."""

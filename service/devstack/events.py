@@ -189,7 +189,39 @@ class Command:
         )
 
 
-Event = PullRequestEvent | CommentEvent | Command
+@dataclass(frozen=True, kw_only=True)
+class CheckEvent:
+    """What CI reported for one commit (GitHub ``check_run``, ``check_suite``, ``status``; GitLab
+    ``Pipeline Hook``, whose jobs come as results of their own): what a gate (:mod:`devstack.gates`)
+    waits for. It names a commit of a repository, not a PR: every PR whose head it is may open."""
+
+    delivery_id: str
+    provider: Provider
+    repo: str
+    sha: str
+    results: tuple[tuple[str, str, str], ...]  # (check name, pending | success | failure, link)
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def key(self) -> str:
+        return f"{self.provider.value}:{self.repo}@{self.sha}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "check", "delivery_id": self.delivery_id, "provider": self.provider.value,
+                "repo": self.repo, "sha": self.sha, "results": [list(r) for r in self.results],
+                "received_at": self.received_at.isoformat()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CheckEvent:
+        return cls(delivery_id=data["delivery_id"], provider=Provider(data["provider"]), repo=data["repo"],
+                   sha=data["sha"], results=tuple((str(a), str(b), str(c)) for a, b, c in data["results"]),
+                   received_at=datetime.fromisoformat(data["received_at"]))
+
+
+Event = PullRequestEvent | CommentEvent | Command | CheckEvent
 
 
 def event_from_json(text: str) -> Event:
@@ -200,4 +232,6 @@ def event_from_json(text: str) -> Event:
         return CommentEvent.from_dict(data)
     if kind == "command":
         return Command.from_dict(data)
+    if kind == "check":
+        return CheckEvent.from_dict(data)
     return PullRequestEvent.from_dict(data)

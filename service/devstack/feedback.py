@@ -31,7 +31,7 @@ from devstack.journal import Journal, OutboxItem
 from devstack.log import bind
 from devstack.loops import drain_forever
 from devstack.metrics import Metrics
-from devstack.planner import NEVER, Feedback, ServiceLink
+from devstack.planner import NEVER, Feedback, GateNote, ServiceLink
 
 logger = logging.getLogger(__name__)
 _SCAN = 100  # items read per step when a provider has several write budgets (GitHub App installations)
@@ -60,6 +60,8 @@ def feedback_from_dict(data: dict[str, Any]) -> Feedback:
         reason=data.get("reason", ""),
         notes=tuple(data.get("notes", ())),
         warning=data.get("warning", ""),
+        gates=tuple(GateNote(**{**g, "waiting": tuple(g.get("waiting", ())), "failed": tuple(g.get("failed", ()))})
+                    for g in data.get("gates", ())),
     )
 
 
@@ -89,6 +91,17 @@ def render_comment(feedback: Feedback, *, live: tuple[str, str] | None = None) -
 
     ``live``: Argo CD's (phase, reason) for the feature, when devstack can read it.
     """
+    if feedback.status == "waiting":
+        failed = any(note.state == "failed" for note in feedback.gates)
+        return _template("comment-waiting.md").substitute(
+            marker=MARKER,
+            headline=(f":x: Preview {_code(feedback.feature)} was not created: CI failed on {_code(feedback.sha[:7])}"
+                      if failed else
+                      f":hourglass_flowing_sand: Preview {_code(feedback.feature)} waits for CI on "
+                      f"{_code(feedback.sha[:7])}"),
+            gates=_gates(feedback),
+            notes=_notes(feedback),
+        ).rstrip("\n") + "\n"
     if feedback.status != "active":
         return _template("comment-removed.md").substitute(
             marker=MARKER,
@@ -108,9 +121,9 @@ def render_comment(feedback: Feedback, *, live: tuple[str, str] | None = None) -
         rows=rows,
         header=feedback.header,
         feature_plain=feedback.feature,
-        sha=_code(feedback.sha[:12] or "-"),
+        sha=_code(feedback.sha[:12] or "-") + _head_waits(feedback),
         expires="never" if feedback.expires_at == NEVER else feedback.expires_at.replace("T", " ").replace("Z", " UTC"),
-        notes=_notes(feedback),
+        notes=_gates(feedback) + _notes(feedback),
         status=_status(live),
     ).rstrip("\n") + "\n"
 
@@ -144,6 +157,33 @@ def _notes(feedback: Feedback) -> str:
     return ("\n" + "\n>\n".join(lines) + "\n") if lines else ""
 
 
+def _gates(feedback: Feedback) -> str:
+    """One line per service whose head sha its gate holds back: what it waits for, what still serves."""
+    lines = []
+    for note in feedback.gates:
+        link = f" ([details]({note.url}))" if note.url else ""
+        sha = _code(note.sha[:7])
+        if note.state == "failed":
+            what = ", ".join(_code(name) for name in note.failed)
+            after = (f"the preview stays at {_code(note.serving[:7])}" if note.serving else "it was not deployed")
+            lines.append(f"> :x: {_code(note.service)}: {what} failed on {sha}{link}; {after}. Fix the build and "
+                         "push, re-run the check, or comment `/devstack deploy` to deploy it anyway.")
+            continue
+        what = ", ".join("the image in its registry" if name == "image" else _code(name) for name in note.waiting)
+        after = (f"{_code(note.serving[:7])} keeps serving meanwhile" if note.serving else
+                 "it is deployed when that succeeds")
+        line = f"> :hourglass_flowing_sand: {_code(note.service)}: waiting for {what} on {sha}{link}; {after}."
+        if note.overdue:
+            line += " Still waiting past the gate's deadline: check CI, or comment `/devstack deploy` to deploy anyway."
+        lines.append(line)
+    return ("\n" + "\n>\n".join(lines) + "\n") if lines else ""
+
+
+def _head_waits(feedback: Feedback) -> str:
+    heads = {note.sha for note in feedback.gates if note.serving}
+    return f" (head {_code(min(heads)[:7])} not deployed yet: see below)" if heads else ""
+
+
 def _code(text: str) -> str:
     return f"`{text.replace('`', '')}`"
 
@@ -174,7 +214,8 @@ class FeedbackClient(Protocol):
     def upsert_comment(self, *, repo: str, number: int, body: str, marker: str, comment_id: int | None = None) -> int:
         ...
 
-    def deploy(self, *, repo: str, sha: str, environment: str, url: str, description: str) -> int:
+    def deploy(self, *, repo: str, sha: str, environment: str, url: str, description: str, state: str = "success",
+               deployment_id: int | None = None) -> int:
         ...
 
     def deactivate(self, *, repo: str, environment: str, deployment_id: int | None = None) -> int:
@@ -379,33 +420,56 @@ class FeedbackSender:
 
     def _deployment_due(self, feedback: Feedback, item: OutboxItem) -> bool:
         """Whether :meth:`_deployment` would write anything for this state."""
+        return self._deployment_step(feedback, item) is not None
+
+    def _deployment_step(self, feedback: Feedback, item: OutboxItem) -> tuple[str, str, str] | None:
+        """What the provider's deployment needs now, as (what, sha, state), or None: nothing.
+
+        ``deployed_sha`` remembers the last step: a sha (deployed), ``queued:<sha>`` (a deployment made
+        while its gate was closed, GitHub's ``queued`` state) or ``failed:<sha>`` (its gate failed)."""
         if not self._settings.feedback.deployments:
-            return False
-        if feedback.status != "active":
-            return bool(item.deployed_sha)
+            return None
+        done = item.deployed_sha
+        if feedback.status not in ("active", "waiting"):
+            return ("deactivate", "", "") if done else None
+        held = feedback.gates[0] if feedback.gates else None
+        if held is not None:
+            if held.state == "failed":
+                return ("status", held.sha, "failure") if done == f"queued:{held.sha}" else None
+            return ("create", held.sha, "queued") if done != f"queued:{held.sha}" else None
         own = any(link.source == feedback.pr.key for link in feedback.services)
-        return own and bool(feedback.sha) and feedback.sha != item.deployed_sha
+        if not own or not feedback.sha or feedback.sha == done:
+            return None
+        if done in (f"queued:{feedback.sha}", f"failed:{feedback.sha}") and item.deployment_id is not None:
+            return ("status", feedback.sha, "success")
+        return ("create", feedback.sha, "success")
 
     def _deployment(
         self, client: FeedbackClient, feedback: Feedback, item: OutboxItem
     ) -> tuple[str | None, int | None]:
-        """Keep the provider's deployment/environment in step: one deployment per head sha, and on
-        removal only the latest one. Returns the sha now deployed and its deployment id (None: unchanged)."""
-        if not self._settings.feedback.deployments:
+        """Keep the provider's deployment/environment in step: one deployment per head sha (queued while
+        its gate is closed, then success), and on removal only the latest one. Returns what is now
+        deployed (see :meth:`_deployment_step`) and its deployment id (None: unchanged)."""
+        step = self._deployment_step(feedback, item)
+        if step is None:
             return None, None
+        what, sha, state = step
         environment = f"preview/{feedback.feature}"
-        if feedback.status != "active":
-            if item.deployed_sha:
-                client.deactivate(repo=feedback.pr.repo, environment=environment, deployment_id=item.deployment_id)
+        if what == "deactivate":
+            # after a queued deployment, the one that still served is active too: walk them all
+            latest_only = not item.deployed_sha.startswith(("queued:", "failed:"))
+            client.deactivate(repo=feedback.pr.repo, environment=environment,
+                              deployment_id=item.deployment_id if latest_only else None)
             return "", None
         own = [link for link in feedback.services if link.source == feedback.pr.key]
-        if not own or not feedback.sha or feedback.sha == item.deployed_sha:
-            return None, None
         deployment_id = client.deploy(
-            repo=feedback.pr.repo, sha=feedback.sha, environment=environment, url=own[0].url,
-            description=f"devstack preview {feedback.feature}",
+            repo=feedback.pr.repo, sha=sha, environment=environment, url=own[0].url if own else "",
+            description=f"devstack preview {feedback.feature}" + ("" if state == "success" else
+                                                                  f": {state}, waiting for CI" if state == "queued"
+                                                                  else ": CI failed"),
+            state=state, deployment_id=item.deployment_id if what == "status" else None,
         )
-        return feedback.sha, deployment_id
+        return (sha if state == "success" else f"{'queued' if state == 'queued' else 'failed'}:{sha}"), deployment_id
 
     def run_forever(self, stop: threading.Event, *, interval: float = 0.5) -> None:
         """One thread per lane (a provider's client: its own token or installation, its own write pacing,

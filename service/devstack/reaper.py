@@ -298,6 +298,9 @@ class ResyncClient(Protocol):
     def pull_request(self, *, repo: str, number: int) -> PullRequestEvent:
         ...
 
+    def commit_checks(self, *, repo: str, sha: str) -> list[tuple[str, str, str]]:
+        ...
+
 
 @dataclass(kw_only=True)
 class ResyncSummary:
@@ -307,6 +310,7 @@ class ResyncSummary:
     pruned: list[str] = field(default_factory=list)  # PR keys journaled as closed
     failed: list[str] = field(default_factory=list)  # repositories that could not be listed, PRs not confirmed
     newer: list[str] = field(default_factory=list)  # PR keys left alone: an event newer than the listing came
+    checks: list[str] = field(default_factory=list)  # PR keys whose head's CI results were read (gates)
     dry_run: bool = False
 
     def format(self) -> str:
@@ -315,6 +319,7 @@ class ResyncSummary:
         lines += [f"  heal   {key}" for key in self.healed]
         lines += [f"  prune  {key}" for key in self.pruned]
         lines += [f"  newer  {key} (an event arrived while listing: left to it)" for key in self.newer]
+        lines += [f"  checks {key} (CI results of its head read: its gate is closed)" for key in self.checks]
         lines += [f"  failed {repo}" for repo in self.failed]
         return "\n".join(lines)
 
@@ -386,6 +391,7 @@ class Resyncer:
             event = replace(current, delivery_id=f"resync:{stamp}:{key}", action="resync", received_at=now)
             if current.state is PullRequestState.OPEN:
                 if stale(current) and why_no_preview(current, self._settings, approvals) is None:
+                    self._read_checks(current, summary, dry_run=dry_run)
                     events.append(event)
                     summary.healed.append(key)
             elif key in requesters:
@@ -403,6 +409,25 @@ class Resyncer:
             summary.newer = sorted(newer)
             logger.info("resync: left %s alone: an event arrived while listing", ", ".join(sorted(newer)))
         return summary
+
+    def _read_checks(self, pr: PullRequestEvent, summary: ResyncSummary, *, dry_run: bool) -> None:
+        """A PR whose head is not deployed and whose repository has a gate with checks: read the CI results
+        of its head from the provider, so a lost ``check_run`` webhook never leaves it waiting forever."""
+        settings = self._settings
+        if not any(settings.gate_of(s).checks for s in settings.gated(provider=pr.provider.value, repo=pr.repo)):
+            return
+        client = self._clients.get(pr.provider.value)
+        if client is None:
+            return
+        try:
+            results = client.commit_checks(repo=pr.repo, sha=pr.head_sha)
+        except (TemporaryError, PermanentError) as exc:
+            summary.failed.append(f"{pr.key} checks ({exc})")
+            logger.warning("resync: cannot read the checks of %s: %s", pr.key, exc)
+            return
+        summary.checks.append(pr.key)
+        if not dry_run:
+            self._journal.record_checks(repo=f"{pr.provider.value}:{pr.repo}", sha=pr.head_sha, results=results)
 
     def _confirm(self, key: str, summary: ResyncSummary) -> PullRequestEvent | None:
         """The current state of PR ``key``, read on its own; None (reported) when it cannot be read."""

@@ -19,6 +19,7 @@ from devstack.catalog import Settings
 from devstack.commands import CommandRunner
 from devstack.errors import DevstackError
 from devstack.feedback import FeedbackSender, feedback_to_dict
+from devstack.gatekeeper import GateKeeper
 from devstack.gitops import CommitResult, GitStore
 from devstack.journal import Journal
 from devstack.loops import run_periodically
@@ -194,6 +195,7 @@ class Runtime:
     resyncer: Resyncer
     metrics: Metrics
     sleeper: Sleeper | None = None
+    gatekeeper: GateKeeper | None = None
     usage: UsageCache = field(default_factory=UsageCache)
     elector: cluster.LeaderElector | None = None
     refresher: cluster.ApplicationSetRefresher | None = None
@@ -255,6 +257,7 @@ class Runtime:
                             if settings.sleep.traefik_metrics_url else None),
             resyncer=Resyncer(settings=settings, journal=journal, entries=worker.snapshot, clients=dict(clients)),
             refresher=refresher, status_watcher=watcher,
+            gatekeeper=GateKeeper(settings=settings, journal=journal),
         )
         holder.append(runtime)
         if kube.leader_election.enabled:
@@ -284,6 +287,7 @@ class Runtime:
                 ("worker", lambda: self.worker.run_forever(self.stop)),
                 ("feedback", lambda: self.sender.run_forever(self.stop)),
                 ("commands", lambda: self.commands.run_forever(self.stop)),
+                ("gates", lambda: self.gatekeeper.run_forever(self.stop) if self.gatekeeper else None),
                 ("reaper", lambda: run_periodically(
                     self.stop, every=self.settings.reap_interval.total_seconds(), name="reap",
                     first_delay=min(30.0, self.settings.reap_interval.total_seconds()),

@@ -42,7 +42,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from devstack import __version__
 from devstack.catalog import Settings
 from devstack.doctor import in_cluster
-from devstack.providers.github import APP_EVENTS, APP_PERMISSIONS
+from devstack.providers.github import APP_EVENTS, APP_PERMISSIONS, GATE_EVENTS, GATE_PERMISSIONS
 
 COOKIE = "devstack_setup"
 STATE_TTL = 3600.0  # GitHub's code is valid for an hour; so is our state
@@ -74,8 +74,8 @@ def manifest(*, name: str, webhook_url: str, callback_url: str, homepage: str) -
         "hook_attributes": {"url": webhook_url, "active": True},
         "redirect_url": callback_url,
         "public": False,
-        "default_permissions": dict(APP_PERMISSIONS),
-        "default_events": list(APP_EVENTS),
+        "default_permissions": {**APP_PERMISSIONS, **GATE_PERMISSIONS},
+        "default_events": [*APP_EVENTS, *GATE_EVENTS],
     }
 
 

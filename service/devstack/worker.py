@@ -36,17 +36,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from devstack import entries as entry_format
+from devstack import gates
 from devstack.catalog import Settings
 from devstack.entries import Element
 from devstack.errors import InvalidEntry, PermanentError, PlanFailed, TemporaryError
-from devstack.events import Command, PullRequestEvent, event_from_json
+from devstack.events import Command, PullRequestEvent, PullRequestState, event_from_json
 from devstack.feedback import feedback_to_dict
+from devstack.gates import GateStatus
 from devstack.gitops import CommitResult, GitStore
 from devstack.journal import Delivery, Journal
 from devstack.log import bind
 from devstack.metrics import Metrics
 from devstack.naming import entry_filename
-from devstack.planner import Plan, PlannerEvent, feature_of, plan
+from devstack.planner import Plan, PlannerEvent, feature_of, plan, pr_tag
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +185,7 @@ class Worker:
         if not events:
             return BatchResult(deliveries=len(batch), dead=broken)
         try:
-            planned, result, blocked = self._commit(events)
+            planned, result, blocked, gates = self._commit(events)
         except (InvalidEntry, PlanFailed) as exc:
             self._metrics.plan_failures.inc()
             if len(events) == 1:
@@ -213,6 +215,8 @@ class Worker:
             outcomes,
             feedback=[(f.pr.key, f.pr.provider.value, feedback_to_dict(f)) for f in planned.feedback],
         )
+        if gates:
+            self._journal.set_gate_states({head: _gate_state(statuses) for head, statuses in gates.items()})
         for event, decision in zip(applied.values(), planned.decisions, strict=True):
             with bind(delivery=event.delivery_id, pr=event.key, repo=getattr(event, "repo", None)):
                 logger.info("%s %s: %s%s", _action(event), event.key, decision.outcome,
@@ -295,12 +299,13 @@ class Worker:
 
     def _commit(
         self, events: Mapping[int, PlannerEvent]
-    ) -> tuple[Plan, CommitResult, dict[int, str]]:
+    ) -> tuple[Plan, CommitResult, dict[int, str], dict[tuple[str, str], dict[str, GateStatus]]]:
         """Plan ``events`` on the newest tree and push; also returns the deliveries held back because
-        their feature's entry file is quarantined (seq -> reason)."""
+        their feature's entry file is quarantined (seq -> reason), and the gates of the PR heads planned."""
         planned: list[Plan] = []
         blocked: dict[int, str] = {}
         approvals = self._journal.approvals()
+        gates = self._gates(events)
         # a sleep the reaper decided is checked against the activity recorded since it looked
         guarded = any(isinstance(e, Command) and e.op == "sleep" for e in events.values())
         activity = self._journal.activity() if guarded else {}
@@ -313,7 +318,7 @@ class Worker:
             ordered = [event for seq, event in events.items() if seq not in blocked]
             try:
                 result = plan(events=ordered, entries=current, catalog=self._settings, now=self._clock(),
-                              approvals=approvals, activity=activity)
+                              approvals=approvals, activity=activity, gates=gates)
             except Exception as exc:
                 raise PlanFailed(f"planning failed: {type(exc).__name__}: {exc}"[:1000]) from exc
             out: dict[str, bytes | None] = {}
@@ -335,7 +340,46 @@ class Worker:
             return out
 
         result = self._store.apply(change, message=commit_message(list(events.values())))
-        return planned[0], result, dict(blocked)
+        return planned[0], result, dict(blocked), gates
+
+    def _gates(self, events: Mapping[int, PlannerEvent]) -> dict[tuple[str, str], dict[str, GateStatus]]:
+        """(PR, head sha) -> service -> its gate, for the PR events of a batch whose repository has gated
+        services. The heads are written to the journal *before* their checks are read (see
+        :mod:`devstack.journal.gates`); a closed PR's head is forgotten."""
+        settings = self._settings
+        latest: dict[str, PullRequestEvent] = {}
+        for event in events.values():
+            if isinstance(event, PullRequestEvent) and settings.gated(provider=event.provider.value, repo=event.repo):
+                latest[event.key] = event  # in order: the last state of each PR counts for its head
+        closed = [key for key, event in latest.items() if event.state is PullRequestState.CLOSED]
+        if closed:
+            self._journal.forget_heads(closed)
+        wanted: dict[tuple[str, str], PullRequestEvent] = {}
+        for event in events.values():
+            if isinstance(event, PullRequestEvent) and event.key in latest and event.key not in closed:
+                wanted[(event.key, event.head_sha)] = event
+        if not wanted:
+            return {}
+        images = {head: _images(settings, event) for head, event in wanted.items()}
+        seen = self._journal.heads_seen([
+            (event.key, _repo_key(event), event.head_sha, sorted(images[(event.key, event.head_sha)].values()))
+            for event in latest.values() if event.key not in closed
+        ])
+        checks = self._journal.checks_of((_repo_key(event), sha) for (_, sha), event in wanted.items())
+        found = self._journal.images_found(ref for refs in images.values() for ref in refs.values())
+        bypass = self._journal.bypasses()
+        now = self._journal.now()
+        deadline = settings.gate.deadline.total_seconds()
+        result: dict[tuple[str, str], dict[str, GateStatus]] = {}
+        for (pr, sha), event in wanted.items():
+            overdue = latest[pr].head_sha == sha and now - seen.get(pr, now) >= deadline
+            result[(pr, sha)] = {
+                service: gates.decide(gate=settings.gate_of(service), sha=sha, checks=checks[(_repo_key(event), sha)],
+                                      image_present=images[(pr, sha)].get(service, "") in found,
+                                      bypass=bypass.get(pr) == sha, overdue=overdue)
+                for service in settings.gated(provider=event.provider.value, repo=event.repo)
+            }
+        return result
 
     def _held_back(self, events: Mapping[int, PlannerEvent], held: Mapping[str, str]) -> dict[int, str]:
         """The deliveries whose feature's entry file is quarantined, with the reason."""
@@ -404,6 +448,25 @@ class Worker:
         while time.monotonic() < deadline and self.run_once() is not None:
             batches += 1
         return batches
+
+
+def _repo_key(event: PullRequestEvent) -> str:
+    return f"{event.provider.value}:{event.repo}"
+
+
+def _images(settings: Settings, event: PullRequestEvent) -> dict[str, str]:
+    """service -> the image reference its gate waits for at ``event``'s head (image gates only)."""
+    return {service: gates.image_ref(settings.services[service].image,
+                                     pr_tag(event=event, catalog=settings, service=service))
+            for service in settings.gated(provider=event.provider.value, repo=event.repo)
+            if settings.gate_of(service).image}
+
+
+def _gate_state(statuses: Mapping[str, GateStatus]) -> str:
+    """A head's gate as a whole: open when every service's is, failed when any failed, else waiting."""
+    if any(s.state == "failed" for s in statuses.values()):
+        return "failed"
+    return "open" if all(s.state == "open" for s in statuses.values()) else "waiting"
 
 
 def _action(event: PlannerEvent) -> str:

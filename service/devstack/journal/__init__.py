@@ -13,6 +13,7 @@ until the worker has pushed its effect, so a restart (or ``kill -9``) resumes wh
 * ``outbox``: the latest feedback per PR (coalesced: ten pushes in a burst make one comment edit).
   Each enqueue replaces the payload and bumps ``version``; a send only completes the version it sent.
 * ``sticky``: per PR, the id of the sticky comment and the last deployed sha, to spend few API calls.
+* ``checks``, ``gate_heads``, ``images``, ``gate_bypass``: what gates wait on (:mod:`.gates`).
 * ``activity``: per feature and per preview service, when it was last active (PR events, commands,
   wake requests, Traefik's request counts): what the reaper's sleep pass decides on.
 
@@ -27,15 +28,16 @@ listing the dashboard and the API read takes a limit.
 """
 
 from devstack.journal.deliveries import _Deliveries
+from devstack.journal.gates import GateHead, _Gates
 from devstack.journal.marks import _Marks
 from devstack.journal.model import DEFAULT_LEASE, Delivery, OutboxItem, backoff_delay, claimer_gone, new_owner
 from devstack.journal.outbox import _Outbox
 from devstack.journal.schema import SCHEMA
 
 
-class Journal(_Deliveries, _Marks, _Outbox):
-    """The journal (see the module's documentation): deliveries, marks and the outbox on one connection."""
+class Journal(_Deliveries, _Marks, _Outbox, _Gates):
+    """The journal (see the module's documentation): deliveries, marks, the outbox and gates on one connection."""
 
 
-__all__ = ["DEFAULT_LEASE", "SCHEMA", "Delivery", "Journal", "OutboxItem", "backoff_delay", "claimer_gone",
+__all__ = ["DEFAULT_LEASE", "SCHEMA", "Delivery", "GateHead", "Journal", "OutboxItem", "backoff_delay", "claimer_gone",
            "new_owner"]

@@ -23,7 +23,7 @@ class _Base:
         self._lease = lease
         self._lock = threading.Lock()
         # Set when work arrives, so the loops wake at once instead of at their next poll.
-        self._signals = {name: threading.Event() for name in ("git", "comments", "feedback")}
+        self._signals = {name: threading.Event() for name in ("git", "comments", "feedback", "checks")}
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")

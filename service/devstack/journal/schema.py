@@ -60,4 +60,35 @@ CREATE TABLE IF NOT EXISTS sticky (
     environment TEXT NOT NULL DEFAULT '',
     deployment_id INTEGER             -- the latest deployment made for the PR (closing touches only it)
 );
+CREATE TABLE IF NOT EXISTS checks (
+    repo TEXT NOT NULL,               -- provider:owner/name
+    sha TEXT NOT NULL,
+    name TEXT NOT NULL,               -- a check run, suite (app slug), status context, pipeline or job
+    state TEXT NOT NULL,              -- pending | success | failure (the latest report wins)
+    url TEXT NOT NULL DEFAULT '',
+    at REAL NOT NULL,
+    PRIMARY KEY (repo, sha, name)
+);
+CREATE TABLE IF NOT EXISTS gate_heads (
+    pr TEXT PRIMARY KEY,              -- an open PR of a repository with a gated service ...
+    repo TEXT NOT NULL,               -- provider:owner/name
+    sha TEXT NOT NULL,                -- ... its head sha, as the worker last planned it
+    seen_at REAL NOT NULL,            -- when that sha was first seen (the deadline counts from here)
+    state TEXT NOT NULL DEFAULT 'waiting', -- waiting | open | failed, as last planned
+    images TEXT NOT NULL DEFAULT '[]',     -- image references the gate waits for (JSON list)
+    probes INTEGER NOT NULL DEFAULT 0,     -- registry checks made for them
+    next_probe_at REAL NOT NULL DEFAULT 0,
+    reported INTEGER NOT NULL DEFAULT 0    -- the deadline passed and was reported
+);
+CREATE INDEX IF NOT EXISTS gate_heads_sha ON gate_heads (repo, sha);
+CREATE TABLE IF NOT EXISTS images (
+    ref TEXT PRIMARY KEY,             -- repository:tag found in its registry
+    found_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS gate_bypass (
+    pr TEXT PRIMARY KEY,              -- /devstack deploy: this PR's gate is open ...
+    sha TEXT NOT NULL,                -- ... for exactly this sha
+    actor TEXT NOT NULL,
+    at REAL NOT NULL
+);
 """

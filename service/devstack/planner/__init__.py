@@ -21,16 +21,21 @@ and a PR-built service whose PR closes falls back to its base tag while others s
 The stack shares one expiry. Activity of any of its PRs moves it forward (``received_at`` + the PR's
 TTL, never backwards), an explicit ``devstack/ttl:<duration>`` label sets it, resync never moves it.
 :class:`~devstack.events.Command` events carry what the CLI, comment commands and the reaper ask for.
+
+A **gate** (docs/gates.md) holds a PR's own service back while CI has not built its head sha: the
+caller passes the :class:`~devstack.gates.GateStatus` of each (PR, sha); a service whose gate is not
+open keeps the element of the sha it had (the previous sha keeps serving) or gets none yet.
 """
 
 from devstack.planner.core import feature_of, feature_text, plan, why_no_preview
-from devstack.planner.elements import base_element, build_element, host, stack_expiry
+from devstack.planner.elements import base_element, build_element, host, pr_tag, stack_expiry
 from devstack.planner.feedback import stack_feedback
 from devstack.planner.model import (
     CLI_REQUESTER,
     NEVER,
     Decision,
     Feedback,
+    GateNote,
     Plan,
     PlannerEvent,
     ServiceLink,
@@ -41,7 +46,7 @@ from devstack.planner.model import (
 )
 
 __all__ = [
-    "CLI_REQUESTER", "NEVER", "Decision", "Feedback", "Plan", "PlannerEvent", "ServiceLink", "base_element",
-    "build_element", "dependency_closure", "feature_of", "feature_text", "format_time", "host", "label", "plan",
-    "source_key", "stack_expiry", "stack_feedback", "why_no_preview",
+    "CLI_REQUESTER", "NEVER", "Decision", "Feedback", "GateNote", "Plan", "PlannerEvent", "ServiceLink",
+    "base_element", "build_element", "dependency_closure", "feature_of", "feature_text", "format_time", "host",
+    "label", "plan", "pr_tag", "source_key", "stack_expiry", "stack_feedback", "why_no_preview",
 ]

@@ -10,6 +10,7 @@ from devstack import sleep as sleeping
 from devstack.catalog import Settings
 from devstack.entries import Element
 from devstack.events import Command, PullRequestEvent, PullRequestState
+from devstack.gates import GateStatus
 from devstack.planner.commands import _command
 from devstack.planner.elements import (
     _AppNames,
@@ -23,6 +24,7 @@ from devstack.planner.elements import (
 from devstack.planner.feedback import _canonical, _feedback
 from devstack.planner.model import (
     Decision,
+    GateNote,
     Plan,
     PlannerEvent,
     _Batch,
@@ -47,12 +49,14 @@ def plan(
     now: datetime,
     approvals: Mapping[str, str] | None = None,
     activity: Mapping[str, float] | None = None,
+    gates: Mapping[tuple[str, str], Mapping[str, GateStatus]] | None = None,
 ) -> Plan:
     """Apply ``events`` in order to ``entries`` and say what changed and whom to tell.
 
     ``approvals``: PR key -> the head sha a writer approved with ``/devstack approve`` (fork PRs).
     ``activity``: the journal's activity table (key -> epoch seconds, :func:`devstack.sleep.activity_key`):
     a ``sleep`` the reaper decided is not applied to a service active since the reaper looked.
+    ``gates``: (PR key, head sha) -> service -> its gate for that sha; a service not named has no gate.
     ``now`` is part of the contract but deliberately unused today: every time the planner needs is
     the ``received_at`` of an event (or command), so replaying a journal gives the same bytes.
     """
@@ -64,7 +68,8 @@ def plan(
             reason = _command(state, event, catalog, batch)
             target = event.key
         else:
-            reason = _apply(state, event, catalog, approvals or {}, batch)
+            reason = _apply(state, event, catalog, approvals or {}, batch,
+                            (gates or {}).get((event.key, event.head_sha), {}))
             batch.latest[event.key] = event
             batch.why_not[event.key] = reason or ""
             target = event.key
@@ -98,6 +103,7 @@ def _apply(
     catalog: Settings,
     approvals: Mapping[str, str],
     batch: _Batch,
+    gates: Mapping[str, GateStatus],
 ) -> str | None:
     """Change ``state`` for ``event``; return why it wants no preview (None when it has one)."""
     feature, why_own = _choose_feature(state, event, catalog)
@@ -105,6 +111,7 @@ def _apply(
     previous = {e["service"]: e for e in state.get(feature)}  # for the CLI overrides they carry
     _withdraw(state, event.key, catalog)
     reason = why_no_preview(event, catalog, approvals)
+    batch.gates.pop(event.key, None)
     if reason:
         return reason
     if why_own:
@@ -117,12 +124,23 @@ def _apply(
             f"(in a `{label(catalog, 'with:')}` label); the catalog has: "
             + ", ".join(f"`{name}`" for name in sorted(catalog.services))
         )
+    held = _held_back(event, own, gates, previous)
+    if held and len(held) == len(own) and not any(n.serving for n in held):
+        batch.gates[event.key] = (feature, held)  # nothing of this PR is deployed yet: no entry until its gate opens
+        return "gate closed"
     elements = state.own(feature)
     for service in own:
+        if service in {n.service for n in held}:
+            kept = previous.get(service)
+            if kept is not None and source_key(kept) == event.key:
+                _put(elements, dict(kept), event.key)  # the previous sha keeps serving
+            continue
         element = build_element(event=event, catalog=catalog, feature=feature, service=service)
         if service in previous:
             _carry_overrides(previous[service], element)
         _put(elements, element, event.key)
+    if held:
+        batch.gates[event.key] = (feature, held)
     for service in sorted(set(wanted) - set(own)):
         existing = _find(elements, service)
         if existing is None:
@@ -140,6 +158,22 @@ def _apply(
         _touch(batch, feature, event.received_at)
     state.reindex(feature)
     return None
+
+
+def _held_back(
+    event: PullRequestEvent, own: Sequence[str], gates: Mapping[str, GateStatus], previous: Mapping[str, Element]
+) -> list[GateNote]:
+    """The own services of ``event`` whose gate is closed for its head sha, with the sha each still serves."""
+    held = []
+    for service in own:
+        status = gates.get(service)
+        if status is None or status.state == "open" or status.sha != event.head_sha:
+            continue
+        kept = previous.get(service)
+        serving = kept["source"]["sha"] if kept is not None and source_key(kept) == event.key else ""
+        held.append(GateNote(service=service, state=status.state, sha=status.sha, serving=serving,
+                             waiting=status.waiting, failed=status.failed, url=status.url, overdue=status.overdue))
+    return held
 
 
 def _withdraw(state: _State, key: str, catalog: Settings) -> None:

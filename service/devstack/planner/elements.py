@@ -76,11 +76,7 @@ def build_element(
     *, event: PullRequestEvent, catalog: Settings, feature: str, service: str, expires: str = NEVER
 ) -> Element:
     """The element of ``service`` built from the head of PR ``event``."""
-    spec = catalog.services[service]
-    tag = spec.tag.format(
-        sha=event.head_sha, short_sha=event.head_sha[:7], branch=naming.feature_name(event.head_branch),
-        number=event.number,
-    )
+    tag = pr_tag(event=event, catalog=catalog, service=service)
     return _element(
         catalog=catalog, feature=feature, service=service, tag=tag, expires=expires, requested=[event.key],
         source={
@@ -92,6 +88,14 @@ def build_element(
             "branch": naming.display_text(event.head_branch),
             "author": event.author if _AUTHOR.fullmatch(event.author) else "",
         },
+    )
+
+
+def pr_tag(*, event: PullRequestEvent, catalog: Settings, service: str) -> str:
+    """The image tag CI builds for ``service`` at the head of PR ``event`` (``services.<name>.tag``)."""
+    return catalog.services[service].tag.format(
+        sha=event.head_sha, short_sha=event.head_sha[:7], branch=naming.feature_name(event.head_branch),
+        number=event.number,
     )
 
 

@@ -10,7 +10,17 @@ from devstack.catalog import Settings
 from devstack.entries import Element
 from devstack.events import Provider, PullRequestEvent, PullRequestRef
 from devstack.planner.elements import stack_expiry
-from devstack.planner.model import NEVER, Feedback, ServiceLink, _Batch, _is_pr, _requesters, _State, source_key
+from devstack.planner.model import (
+    NEVER,
+    Feedback,
+    GateNote,
+    ServiceLink,
+    _Batch,
+    _is_pr,
+    _requesters,
+    _State,
+    source_key,
+)
 
 
 def _feedback(*, state: _State, batch: _Batch, catalog: Settings) -> list[Feedback]:
@@ -29,9 +39,14 @@ def _feedback(*, state: _State, batch: _Batch, catalog: Settings) -> list[Feedba
         event = batch.latest.get(key)
         notes = tuple(batch.notes.get(key, ()))
         feature = state.stack_of(key)
+        gated, held = batch.gates.get(key, ("", []))
         if feature is not None:
             result.append(stack_feedback(key=key, elements=state.get(feature), catalog=catalog, event=event,
-                                         notes=notes))
+                                         notes=notes, gates=tuple(held)))
+            continue
+        if held and event is not None:  # nothing deployed yet: the comment says what it waits for
+            result.append(Feedback(pr=event.ref, pr_url=event.url, status="waiting", feature=gated,
+                                   sha=event.head_sha, notes=notes, gates=tuple(held)))
             continue
         had = state.stack_before(key)
         if had is None:
@@ -58,10 +73,14 @@ def _pr_identity(
 
 def stack_feedback(
     *, key: str, elements: Sequence[Element], catalog: Settings, event: PullRequestEvent | None = None,
-    notes: tuple[str, ...] = (), warning: str = "",
+    notes: tuple[str, ...] = (), warning: str = "", gates: tuple[GateNote, ...] = (),
 ) -> Feedback:
-    """The comment state of PR ``key`` in the stack ``elements``."""
+    """The comment state of PR ``key`` in the stack ``elements``; ``gates``: its services whose head sha
+    waits (then the sha shown is the one still serving)."""
     ref, url, sha = _pr_identity(key, elements, event)
+    serving = next((note.serving for note in gates if note.serving), "")
+    if serving:
+        sha = serving
     links = tuple(
         ServiceLink(
             service=e["service"],
@@ -84,6 +103,7 @@ def stack_feedback(
         expires_at=stack_expiry(elements) or NEVER,
         notes=notes,
         warning=warning,
+        gates=gates,
     )
 
 

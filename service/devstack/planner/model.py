@@ -36,12 +36,26 @@ class ServiceLink:
 
 
 @dataclass(frozen=True, kw_only=True)
+class GateNote:
+    """A service of the PR whose head sha waits for its gate (or whose gate failed): what the comment says."""
+
+    service: str
+    state: str  # "waiting" | "failed"
+    sha: str  # the head sha that waits
+    serving: str = ""  # the sha still deployed meanwhile ("" when none is)
+    waiting: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+    url: str = ""
+    overdue: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class Feedback:
     """What one PR should be told after a batch: the latest state only (coalesced per PR)."""
 
     pr: PullRequestRef
     pr_url: str
-    status: str  # "active" | "removed"
+    status: str  # "active" | "removed" | "waiting" (no preview yet: its gate is closed)
     feature: str
     sha: str
     services: tuple[ServiceLink, ...] = ()
@@ -50,6 +64,7 @@ class Feedback:
     reason: str = ""  # why a preview was removed or not created
     notes: tuple[str, ...] = ()  # things the PR author should know (unknown services, refused TTLs)
     warning: str = ""  # set by the reaper shortly before expiry
+    gates: tuple[GateNote, ...] = ()  # services whose head sha is not deployed: its gate is closed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +97,8 @@ class _Batch:
     applied_with: dict[str, str] = field(default_factory=dict)  # delivery id -> what an applied change adjusted
     active: dict[str, datetime] = field(default_factory=dict)  # feature -> latest PR event / command applied
     activity: Mapping[str, float] = field(default_factory=dict)  # the journal's activity table (sleep guard)
+    # PR key -> (its feature, its services the gate holds back)
+    gates: dict[str, tuple[str, list[GateNote]]] = field(default_factory=dict)
 
 
 class _State:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
-    from devstack.events import CommentEvent, PullRequestEvent
+    from devstack.events import CheckEvent, CommentEvent, PullRequestEvent
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,7 +48,7 @@ class WebhookProvider(Protocol):
 
     def parse(
         self, *, event: str, delivery_id: str, payload: object, received_at: datetime
-    ) -> PullRequestEvent | CommentEvent | Ignored:
+    ) -> PullRequestEvent | CommentEvent | CheckEvent | Ignored:
         """Translate a verified delivery; raise :class:`~devstack.errors.BadPayload` for malformed input."""
 
 
@@ -62,7 +62,8 @@ class ProviderClient(Protocol):
     def upsert_comment(self, *, repo: str, number: int, body: str, marker: str, comment_id: int | None = None) -> int:
         """Create or edit the sticky comment containing ``marker``; return its id."""
 
-    def deploy(self, *, repo: str, sha: str, environment: str, url: str, description: str) -> int:
+    def deploy(self, *, repo: str, sha: str, environment: str, url: str, description: str, state: str = "success",
+               deployment_id: int | None = None) -> int:
         """Point ``environment`` at ``url`` for ``sha`` (GitHub deployment, GitLab environment)."""
 
     def deactivate(self, *, repo: str, environment: str, deployment_id: int | None = None) -> int:
@@ -83,6 +84,9 @@ class ProviderClient(Protocol):
 
     def open_pull_requests(self, *, repo: str) -> list[PullRequestEvent]:
         """Every open PR / MR of ``repo``."""
+
+    def commit_checks(self, *, repo: str, sha: str) -> list[tuple[str, str, str]]:
+        """What CI reported for a commit: (check name, pending | success | failure, link)."""
 
     def rate_limit_remaining(self) -> int | None:
         """Requests left in the provider's rate-limit window as last reported, without asking."""

@@ -29,8 +29,8 @@ from github.Requester import Requester
 
 from devstack import redact
 from devstack.errors import BadPayload, ConfigError, ProviderError, ProviderRejected, Unauthorized
-from devstack.events import CommentEvent, Provider, PullRequestEvent, PullRequestState
-from devstack.providers import Ignored
+from devstack.events import CheckEvent, CommentEvent, Provider, PullRequestEvent, PullRequestState
+from devstack.providers import Ignored, checks
 from devstack.providers.http import epoch as _epoch
 from devstack.providers.http import retry_after as _retry_after
 from devstack.providers.payload import branch as _branch
@@ -123,7 +123,7 @@ _MAX_COMMENT = 65536  # GitHub's own limit on a comment body
 
 def parse_delivery(
     *, event: str, delivery_id: str, payload: object, received_at: datetime
-) -> PullRequestEvent | CommentEvent | Ignored:
+) -> PullRequestEvent | CommentEvent | CheckEvent | Ignored:
     """Translate one verified delivery (``payload`` is the decoded JSON body: any JSON value).
 
     Returns a :class:`PullRequestEvent` for the ``pull_request`` actions in
@@ -133,6 +133,8 @@ def parse_delivery(
     """
     if event == "issue_comment":
         return _comment(delivery_id=delivery_id, payload=payload, received_at=received_at)
+    if event in checks.GITHUB_EVENTS:
+        return checks.github_check(event=event, delivery_id=delivery_id, payload=payload, received_at=received_at)
     if event != "pull_request":
         return Ignored(reason=f"event {_short(event)} is not handled")
     root = _object(payload, "payload")
@@ -304,7 +306,7 @@ class GitHubWebhook:
 
     def parse(
         self, *, event: str, delivery_id: str, payload: object, received_at: datetime
-    ) -> PullRequestEvent | CommentEvent | Ignored:
+    ) -> PullRequestEvent | CommentEvent | CheckEvent | Ignored:
         return parse_delivery(event=event, delivery_id=delivery_id, payload=payload, received_at=received_at)
 
 
@@ -320,6 +322,9 @@ _SECONDARY_RATE_LIMIT_DELAY = 60.0  # GitHub: "wait for at least one minute befo
 APP_PERMISSIONS: dict[str, str] = {"pull_requests": "write", "issues": "write", "deployments": "write",
                                    "metadata": "read"}
 APP_EVENTS: tuple[str, ...] = ("pull_request", "issue_comment")
+# ... and what gates need (docs/gates.md): the manifest asks for them, doctor checks them where a gate is set
+GATE_PERMISSIONS: dict[str, str] = {"checks": "read", "statuses": "read"}
+GATE_EVENTS: tuple[str, ...] = ("check_run", "check_suite", "status")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -508,8 +513,12 @@ class GitHubClient:
 
     # -- deployments
 
-    def deploy(self, *, repo: str, sha: str, environment: str, url: str, description: str) -> int:
+    def deploy(self, *, repo: str, sha: str, environment: str, url: str, description: str, state: str = "success",
+               deployment_id: int | None = None) -> int:
         """Create a Deployment of ``sha`` to ``environment`` with a ``success`` status: two writes.
+
+        ``state="queued"``: the sha waits for its gate (docs/gates.md); the later ``success`` (or
+        ``failure``) goes to that deployment (``deployment_id``): one write.
 
         Not transient, so that GitHub's ``auto_inactive`` (which applies only to non-transient,
         non-production environments) marks every earlier successful deployment of the environment
@@ -517,6 +526,14 @@ class GitHubClient:
         touches that one alone (:meth:`deactivate`), whatever the PR's history.
         """
         description = _clip(description)
+        if deployment_id is not None:  # a queued deployment (its gate was closed) moves on: one write
+            with self._calls(f"deployment status {state} of {repo}@{sha[:12]}"):
+                self._for(repo).requester.requestJsonAndCheck(
+                    "POST", f"/repos/{repo}/deployments/{int(deployment_id)}/statuses",
+                    input={"state": state, "description": description, "auto_inactive": state == "success",
+                           **({"environment_url": url} if url and state == "success" else {})},
+                )
+            return int(deployment_id)
         with self._calls(f"deployment of {repo}@{sha[:12]} to {environment}"):
             deployment = self._repo(repo).create_deployment(
                 ref=sha,
@@ -527,6 +544,9 @@ class GitHubClient:
                 auto_merge=False,
                 required_contexts=[],
             )
+            if state != "success":  # queued: its gate is closed; the deployment before it stays active
+                deployment.create_status(state, description=description)
+                return int(deployment.id)
             deployment.create_status("success", environment_url=url, description=description, auto_inactive=True)
             logger.info("deployment %s of %s to %s is live at %s", deployment.id, repo, environment, url)
             return int(deployment.id)
@@ -597,6 +617,35 @@ class GitHubClient:
         with self._calls(f"reading {repo}#{number}"):
             raw = self._repo(repo).get_pull(number).raw_data
         return _from_api(raw, repo=repo)
+
+    def commit_checks(self, *, repo: str, sha: str) -> list[tuple[str, str, str]]:
+        """What CI reported for ``sha`` (for resync: a lost webhook heals): its check runs, check suites
+        (by app slug) and commit statuses, as (name, pending | success | failure, link). Three reads; the
+        first 100 of each."""
+        self._repo(repo)  # validates the name
+        if not _SHA.fullmatch(sha):
+            raise ProviderRejected(f"not a commit sha: {sha[:50]!r}")
+        results: list[tuple[str, str, str]] = []
+        requester = self._for(repo).requester
+        with self._calls(f"reading the checks of {repo}@{sha[:12]}"):
+            _, runs = requester.requestJsonAndCheck("GET", f"/repos/{repo}/commits/{sha}/check-runs",
+                                                    parameters={"per_page": 100})
+            _, suites = requester.requestJsonAndCheck("GET", f"/repos/{repo}/commits/{sha}/check-suites",
+                                                      parameters={"per_page": 100})
+            _, combined = requester.requestJsonAndCheck("GET", f"/repos/{repo}/commits/{sha}/status",
+                                                        parameters={"per_page": 100})
+        for run in _items(runs, "check_runs"):
+            state = checks.github_state(str(run.get("conclusion"))) if run.get("status") == "completed" else "pending"
+            results.append((str(run.get("name", ""))[:200], state, str(run.get("html_url") or "")))
+        for suite in _items(suites, "check_suites"):
+            app: Mapping[str, Any] = suite["app"] if isinstance(suite.get("app"), Mapping) else {}
+            done = suite.get("status") == "completed"
+            state = checks.github_state(str(suite.get("conclusion"))) if done else "pending"
+            results.append((str(app.get("slug") or app.get("name") or "")[:200], state, ""))
+        for status in _items(combined, "statuses"):
+            results.append((str(status.get("context", ""))[:200], checks.github_state(str(status.get("state"))),
+                            str(status.get("target_url") or "")))
+        return [r for r in results if r[0]]
 
     def open_pull_requests(self, *, repo: str) -> list[PullRequestEvent]:
         """Every open PR of ``repo`` (for resync), or :class:`ProviderError` when the listing would be cut.
@@ -702,6 +751,11 @@ class GitHubClient:
         except requests.RequestException as exc:
             detail = redact.scrub(str(exc))
             raise ProviderError(f"GitHub {what}: {type(exc).__name__}: {detail}") from exc
+
+
+def _items(data: Any, key: str) -> list[Mapping[str, Any]]:
+    items = data.get(key) if isinstance(data, Mapping) else None
+    return [item for item in items if isinstance(item, Mapping)] if isinstance(items, list) else []
 
 
 def _from_api(raw: Mapping[str, Any], *, repo: str) -> PullRequestEvent:

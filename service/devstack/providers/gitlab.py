@@ -43,8 +43,8 @@ import requests
 
 from devstack import redact
 from devstack.errors import BadPayload, ConfigError, ProviderError, ProviderRejected, Unauthorized
-from devstack.events import CommentEvent, Provider, PullRequestEvent, PullRequestState
-from devstack.providers import Ignored
+from devstack.events import CheckEvent, CommentEvent, Provider, PullRequestEvent, PullRequestState
+from devstack.providers import Ignored, checks
 from devstack.providers.http import epoch as _epoch
 from devstack.providers.http import retry_after as _retry_after
 from devstack.providers.payload import branch as _branch
@@ -162,7 +162,7 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 def parse_delivery(
     *, event: str, delivery_id: str, payload: object, received_at: datetime
-) -> PullRequestEvent | CommentEvent | Ignored:
+) -> PullRequestEvent | CommentEvent | CheckEvent | Ignored:
     """Translate one verified delivery (``payload`` is the decoded JSON body: any JSON value).
 
     ``Merge Request Hook`` -> :class:`PullRequestEvent`; ``Note Hook`` on a merge request ->
@@ -179,6 +179,8 @@ def parse_delivery(
         return _merge_request_event(delivery_id=delivery_id, payload=payload, received_at=received_at)
     if event == NOTE_HOOK:
         return _note_event(delivery_id=delivery_id, payload=payload, received_at=received_at)
+    if event == checks.GITLAB_PIPELINE_HOOK:
+        return checks.gitlab_pipeline(delivery_id=delivery_id, payload=payload, received_at=received_at)
     return Ignored(reason=f"event {_short(event)} is not handled")
 
 
@@ -461,7 +463,7 @@ class GitLabWebhook:
 
     def parse(
         self, *, event: str, delivery_id: str, payload: object, received_at: datetime
-    ) -> PullRequestEvent | CommentEvent | Ignored:
+    ) -> PullRequestEvent | CommentEvent | CheckEvent | Ignored:
         return parse_delivery(event=event, delivery_id=delivery_id, payload=payload, received_at=received_at)
 
 
@@ -602,12 +604,16 @@ class GitLabClient:
 
     # -- environments
 
-    def deploy(self, *, repo: str, sha: str, environment: str, url: str, description: str) -> int:
+    def deploy(self, *, repo: str, sha: str, environment: str, url: str, description: str, state: str = "success",
+               deployment_id: int | None = None) -> int:
         """Make ``environment`` (``preview/<feature>``) exist, available, with ``external_url`` = ``url``.
 
         GitLab has no API to make a stopped environment available again (only a deployment does), so a
-        stopped one is deleted and created anew. Returns the environment id.
+        stopped one is deleted and created anew. Returns the environment id. GitLab environments have no
+        queued state: a ``state`` other than ``success`` writes nothing.
         """
+        if state != "success":
+            return int(deployment_id or 0)
         with self._calls(f"environment {environment} of {repo}"):
             project = self._project(repo)
             current = self._environment(project, environment)
@@ -696,6 +702,25 @@ class GitLabClient:
         with self._calls(f"reading {repo}!{number}"):
             raw = self._project(repo).mergerequests.get(number).asdict()
         return merge_request_from_api(raw, repo=repo)
+
+    def commit_checks(self, *, repo: str, sha: str) -> list[tuple[str, str, str]]:
+        """What CI reported for ``sha`` (for resync): its latest pipeline as ``pipeline`` and every commit
+        status (GitLab's jobs, and statuses external CI posted) by name."""
+        if not re.fullmatch(r"[0-9a-f]{40}", sha):
+            raise ProviderRejected(f"not a commit sha: {sha[:50]!r}")
+        with self._calls(f"reading the checks of {repo}@{sha[:12]}"):
+            project = self._project(repo)
+            pipelines = project.pipelines.list(sha=sha, order_by="id", sort="desc", per_page=1, get_all=False)
+            statuses = project.commits.get(sha, lazy=True).statuses.list(all=True, get_all=True)
+        results: list[tuple[str, str, str]] = []
+        for pipeline in pipelines[:1]:
+            data = pipeline.asdict()
+            results.append(("pipeline", checks.gitlab_state(str(data.get("status"))), str(data.get("web_url") or "")))
+        for status in statuses:
+            data = status.asdict()
+            results.append((str(data.get("name", ""))[:200], checks.gitlab_state(str(data.get("status"))),
+                            str(data.get("target_url") or "")))
+        return [r for r in results if r[0]]
 
     def open_pull_requests(self, *, repo: str) -> list[PullRequestEvent]:
         """Every open MR of ``repo`` (for resync); one GitLab cannot describe is skipped, with a warning."""
