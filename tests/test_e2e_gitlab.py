@@ -380,3 +380,39 @@ def test_gitlab_feedback_is_one_note_one_environment_stopped_once_whatever_the_h
     assert gitlab.count("POST", r"/environments/\d+/stop$") == 1
     assert gitlab.count("POST", r"/environments$") == 1
     assert len(close_calls) <= 4, close_calls  # the note (read, edit), the environment (find, stop)
+
+
+def test_gated_merge_request_waits_for_its_pipeline(
+    make_settings: Callable[..., Settings], serve: Callable[..., RunningServer], gitlab: FakeGitLab, bare_remote: str,
+) -> None:
+    """A gate on a GitLab job (docs/gates.md): the MR's head deploys when a Pipeline Hook (GitLab's recorded
+    example, pointed at this project and commit) reports the job succeeded; the environment only then."""
+    services = {"ledger-svc": {**GITLAB_SERVICES["ledger-svc"], "gate": {"checks": ["build-image"]}}}
+    server = serve(make_settings(services=services))
+    assert send(server, mr_hook(action="open", sha=SHA1)).status_code == 202
+    server.wait_idle()
+    assert "login-fix" not in remote_files(bare_remote)
+    [note] = gitlab.notes_on(REPO, 7)
+    assert "waiting for `build-image` on `1111111`" in note["body"]
+    assert gitlab.environments_of(REPO) == []  # GitLab environments have no queued state: none yet
+
+    pipeline = json.loads((Path(__file__).parent / "fixtures/gitlab/pipeline.success.json").read_text())
+    pipeline["project"]["path_with_namespace"] = REPO
+    pipeline["object_attributes"]["sha"] = SHA1
+    running = json.loads(json.dumps(pipeline))
+    running["object_attributes"]["status"] = "running"
+    for job in running["builds"]:
+        job["status"] = "running"
+    assert send(server, running, event="Pipeline Hook").status_code == 202
+    server.wait_idle()
+    assert "login-fix" not in remote_files(bare_remote)
+    assert send(server, pipeline, event="Pipeline Hook").status_code == 202
+    deadline = time.monotonic() + 20
+    while "login-fix" not in remote_files(bare_remote) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    server.wait_idle()
+    assert remote_files(bare_remote)["login-fix"][0]["source"]["sha"] == SHA1
+    [note] = gitlab.notes_on(REPO, 7)
+    assert PREVIEW in note["body"] and "waiting for" not in note["body"]
+    [environment] = gitlab.environments_of(REPO)
+    assert environment["state"] == "available"

@@ -575,3 +575,30 @@ def test_the_global_gate_is_every_services_default_and_a_service_may_turn_it_off
     assert settings.gate_of("web").active is False
     assert settings.gated(provider="github", repo="acme/api") == ["api"]
     assert make_settings().gated(provider="github", repo="acme/payments") == []  # no gate: today's behaviour
+
+
+def test_prune_forgets_old_ci_results_but_not_those_a_waiting_head_needs(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    journal = Journal(tmp_path / "j.sqlite3", clock=lambda: now[0])
+    journal.heads_seen([(PR, REPO, SHA1, [])])
+    journal.record_checks(repo=REPO, sha=SHA1, results=[("build", "pending", "")])
+    journal.record_checks(repo=REPO, sha=SHA2, results=[("build", "success", "")])  # an old head
+    journal.image_found("ghcr.io/acme/api:old")
+    now[0] += 30 * 86400
+    assert journal.prune(older_than=now[0] - 14 * 86400)["checks"] == 1
+    assert journal.checks_of([(REPO, SHA1)])[(REPO, SHA1)]["build"].state == "pending"
+    assert journal.checks_of([(REPO, SHA2)])[(REPO, SHA2)] == {}
+    assert journal.images_found(["ghcr.io/acme/api:old"]) == set()
+
+
+def test_metrics_count_the_closed_gates(
+    make_settings: Callable[..., Settings], serve: Callable[..., RunningServer], github: FakeGitHub,
+) -> None:
+    server = serve(gated(make_settings))
+    opened = pr_payload(sha=SHA1)
+    github.add_pull(opened["pull_request"])
+    server.send_github(opened, delivery="open")
+    settled(server)
+    text = server.get("/metrics").text
+    assert 'devstack_gates_closed{state="waiting"} 1.0' in text
+    assert 'devstack_gates_closed{state="overdue"} 0.0' in text

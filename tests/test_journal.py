@@ -214,7 +214,7 @@ def test_prune_removes_old_finished_rows_and_keeps_what_is_still_needed(tmp_path
                   ("kept", "never", [])])
     removed = journal.prune(older_than=clock.now - 14 * day)
     assert journal.warned_all() == {"later": "2099-01-01T00:00:00Z", "kept": "never"}
-    assert removed == {"deliveries": 2, "outbox": 2}
+    assert removed == {"deliveries": 2, "outbox": 2, "checks": 0}
     kept = {row.delivery_id for row in journal.recent(limit=100)}
     assert kept == {"old-pending", "old-dead", "old-done-after-dead", "recent-done"}
     assert sorted(i.pr for i in journal.feedback()) == ["github:a#4", "github:a#9"]
@@ -223,7 +223,7 @@ def test_prune_removes_old_finished_rows_and_keeps_what_is_still_needed(tmp_path
     journal.enqueue_feedback(pr="github:a#1", provider="github", payload={"n": 5})
     [again] = journal.feedback("github:a#1")
     assert again.comment_id == 101
-    assert journal.prune(older_than=clock.now - 14 * day) == {"deliveries": 0, "outbox": 0}
+    assert journal.prune(older_than=clock.now - 14 * day) == {"deliveries": 0, "outbox": 0, "checks": 0}
 
 
 def test_queries_stay_bounded_with_many_rows(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -107,8 +107,10 @@ class StateCollector(Collector):
         oldest_pending: Callable[[], Mapping[str, float]] | None = None,
         quarantined: Callable[[], Mapping[str, str]] | None = None,
         git_healthy: Callable[[], bool] | None = None,
+        gates: Callable[[], Sequence[Mapping[str, Any]]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._gates = gates
         self._counts = counts
         self._outbox = outbox
         self._pending = pending_by_queue
@@ -188,6 +190,14 @@ class StateCollector(Collector):
         yield GaugeMetricFamily("devstack_active_services", "Services across all preview stacks",
                                 value=sum(len(elements) for elements in previews.values()))
         yield from self._sleep(previews)
+        if self._gates is not None:
+            closed = GaugeMetricFamily("devstack_gates_closed", "PR heads held back by their gate (CI), by state: "
+                                       "waiting, failed, overdue (waiting past gate.deadline)", labels=["state"])
+            heads = self._gates()
+            for state in ("waiting", "failed", "overdue"):
+                closed.add_metric([state], sum(1 for head in heads if (
+                    "overdue" if head.get("overdue") else head.get("state")) == state))
+            yield closed
         limits = GaugeMetricFamily("devstack_provider_rate_limit_remaining",
                                    "Requests left in the provider's rate-limit window (as last reported)",
                                    labels=["provider"])

@@ -19,7 +19,7 @@ from devstack.catalog import Settings
 from devstack.commands import CommandRunner
 from devstack.errors import DevstackError
 from devstack.feedback import FeedbackSender, feedback_to_dict
-from devstack.gatekeeper import GateKeeper
+from devstack.gatekeeper import GateKeeper, waiting_gates
 from devstack.gitops import CommitResult, GitStore
 from devstack.journal import Journal
 from devstack.loops import run_periodically
@@ -239,6 +239,7 @@ class Runtime:
             rate_limits=lambda: rate_limits(clients),
             oldest_pending=journal.oldest_pending, quarantined=worker.quarantined,
             git_healthy=lambda: worker.healthy,
+            gates=lambda: waiting_gates(journal=journal, settings=settings),
         ))
 
         def live(feature: str) -> tuple[str, str] | None:
@@ -317,8 +318,8 @@ class Runtime:
     def prune(self) -> str:
         """Forget journal and outbox history older than ``retention`` (never what is pending)."""
         removed = self.journal.prune(older_than=time.time() - self.settings.retention.total_seconds())
-        return (f"prune: {removed['deliveries']} deliveries and {removed['outbox']} comments older than "
-                f"{self.settings.retention} removed")
+        return (f"prune: {removed['deliveries']} deliveries, {removed['outbox']} comments and "
+                f"{removed.get('checks', 0)} CI results older than {self.settings.retention} removed")
 
     def _refresh_loop(self) -> None:
         refresher = self.refresher

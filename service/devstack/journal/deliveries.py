@@ -311,14 +311,15 @@ class _Deliveries(_Base):
 
         Removed: ``done`` and ``ignored`` deliveries that arrived and finished before it, ``sent`` /
         ``recorded`` outbox rows last changed before it, the reaper's marks of warnings about
-        expiries that passed before it, and activity older than it (the sleep pass then counts from
+        expiries that passed before it, CI results and found images older than it (not those of a head
+        an open PR waits on), and activity older than it (the sleep pass then counts from
         when it next sees the service). Kept: pending and dead rows, everything newer
         (so a redelivery inside the window is still a duplicate), a PR's applied states newer than
         one of its dead letters (a redrive is checked against them), and the ``sticky`` table (the
         comment id of every PR, so a PR that comes back edits its comment instead of posting another).
         Deleted in chunks, so the writers are never held for long.
         """
-        removed = {"deliveries": 0, "outbox": 0}
+        removed = {"deliveries": 0, "outbox": 0, "checks": 0}
         while True:
             with self._tx() as db:
                 cursor = db.execute(
@@ -341,6 +342,12 @@ class _Deliveries(_Base):
             expired = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(older_than))
             db.execute("DELETE FROM warnings WHERE expires_at < ?", (expired,))
             db.execute("DELETE FROM activity WHERE at < ?", (older_than,))
+            # gates: CI results and found images of commits no open PR waits on, bypasses of old heads
+            cursor = db.execute("DELETE FROM checks WHERE at < ? AND NOT EXISTS (SELECT 1 FROM gate_heads h"
+                                " WHERE h.repo = checks.repo AND h.sha = checks.sha)", (older_than,))
+            removed["checks"] = cursor.rowcount
+            db.execute("DELETE FROM images WHERE found_at < ?", (older_than,))
+            db.execute("DELETE FROM gate_bypass WHERE at < ?", (older_than,))
         return removed
 
     def recent(self, *, limit: int = 50) -> list[Delivery]:
