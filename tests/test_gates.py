@@ -602,3 +602,22 @@ def test_metrics_count_the_closed_gates(
     text = server.get("/metrics").text
     assert 'devstack_gates_closed{state="waiting"} 1.0' in text
     assert 'devstack_gates_closed{state="overdue"} 0.0' in text
+
+
+def test_a_pr_that_wants_no_preview_waits_for_nothing(
+    parts: tuple[Settings, Journal, Worker, GateKeeper], bare_remote: str,
+) -> None:
+    """A draft (or a PR without the preview label, an unapproved fork) is not listed as waiting for CI, and
+    a PR that becomes a draft while it waits leaves the list."""
+    _, journal, worker, keeper = parts
+    draft = event()
+    journal_event(journal, PullRequestEvent(**{**draft.__dict__, "draft": True}))
+    settle(worker, keeper)
+    assert journal.gate_heads() == []
+    journal_event(journal, event(action="ready_for_review"))
+    settle(worker, keeper)
+    assert [h.state for h in journal.gate_heads()] == ["waiting"]
+    journal_event(journal, PullRequestEvent(**{**event(action="converted_to_draft").__dict__, "draft": True}))
+    settle(worker, keeper)
+    assert journal.gate_heads() == []
+    assert "login-fix" not in remote_files(bare_remote)

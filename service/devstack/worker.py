@@ -40,7 +40,7 @@ from devstack import gates
 from devstack.catalog import Settings
 from devstack.entries import Element
 from devstack.errors import InvalidEntry, PermanentError, PlanFailed, TemporaryError
-from devstack.events import Command, PullRequestEvent, PullRequestState, event_from_json
+from devstack.events import Command, PullRequestEvent, event_from_json
 from devstack.feedback import feedback_to_dict
 from devstack.gates import GateStatus
 from devstack.gitops import CommitResult, GitStore
@@ -48,7 +48,7 @@ from devstack.journal import Delivery, Journal
 from devstack.log import bind
 from devstack.metrics import Metrics
 from devstack.naming import entry_filename
-from devstack.planner import Plan, PlannerEvent, feature_of, plan, pr_tag
+from devstack.planner import Plan, PlannerEvent, feature_of, plan, pr_tag, why_no_preview
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ class Worker:
         planned: list[Plan] = []
         blocked: dict[int, str] = {}
         approvals = self._journal.approvals()
-        gates = self._gates(events)
+        gates = self._gates(events, approvals=approvals)
         # a sleep the reaper decided is checked against the activity recorded since it looked
         guarded = any(isinstance(e, Command) and e.op == "sleep" for e in events.values())
         activity = self._journal.activity() if guarded else {}
@@ -342,28 +342,31 @@ class Worker:
         result = self._store.apply(change, message=commit_message(list(events.values())))
         return planned[0], result, dict(blocked), gates
 
-    def _gates(self, events: Mapping[int, PlannerEvent]) -> dict[tuple[str, str], dict[str, GateStatus]]:
+    def _gates(
+        self, events: Mapping[int, PlannerEvent], *, approvals: Mapping[str, str],
+    ) -> dict[tuple[str, str], dict[str, GateStatus]]:
         """(PR, head sha) -> service -> its gate, for the PR events of a batch whose repository has gated
         services. The heads are written to the journal *before* their checks are read (see
-        :mod:`devstack.journal.gates`); a closed PR's head is forgotten."""
+        :mod:`devstack.journal.gates`); the head of a PR that wants no preview (closed, a draft, no
+        preview label, an unapproved fork) is forgotten: it waits for nothing."""
         settings = self._settings
         latest: dict[str, PullRequestEvent] = {}
         for event in events.values():
             if isinstance(event, PullRequestEvent) and settings.gated(provider=event.provider.value, repo=event.repo):
                 latest[event.key] = event  # in order: the last state of each PR counts for its head
-        closed = [key for key, event in latest.items() if event.state is PullRequestState.CLOSED]
-        if closed:
-            self._journal.forget_heads(closed)
+        unwanted = [key for key, event in latest.items() if why_no_preview(event, settings, approvals) is not None]
+        if unwanted:
+            self._journal.forget_heads(unwanted)
         wanted: dict[tuple[str, str], PullRequestEvent] = {}
         for event in events.values():
-            if isinstance(event, PullRequestEvent) and event.key in latest and event.key not in closed:
+            if isinstance(event, PullRequestEvent) and event.key in latest and event.key not in unwanted:
                 wanted[(event.key, event.head_sha)] = event
         if not wanted:
             return {}
         images = {head: _images(settings, event) for head, event in wanted.items()}
         seen = self._journal.heads_seen([
             (event.key, _repo_key(event), event.head_sha, sorted(images[(event.key, event.head_sha)].values()))
-            for event in latest.values() if event.key not in closed
+            for event in latest.values() if event.key not in unwanted
         ])
         checks = self._journal.checks_of((_repo_key(event), sha) for (_, sha), event in wanted.items())
         found = self._journal.images_found(ref for refs in images.values() for ref in refs.values())
