@@ -2,7 +2,7 @@
 # devstack's image: `docker build -t devstack .` then `docker run -p 8080:8080 devstack`.
 #
 # Two stages: the builder makes a wheel of devstack (with the feature-release chart and argocd/ inside,
-# for `devstack bootstrap`) and installs it, with the [hooks] extra (the
+# for `devstack bootstrap`) and installs it, with the [hooks,postgres] extras (the
 # provisioning hooks run from this image too), into a virtualenv; the final image gets that virtualenv,
 # git (the GitOps store drives the git CLI) and nothing to build with. It runs as UID 10001, keeps its
 # state (journal, working clone) in the volume /var/lib/devstack, and listens on 8080.
@@ -22,7 +22,7 @@ COPY argocd/ argocd/
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
     && wheel="$(find /wheels -name 'devstack_previews-*.whl' -print -quit)" \
-    && /opt/devstack/bin/pip install "${wheel}[hooks]" \
+    && /opt/devstack/bin/pip install "${wheel}[hooks,postgres]" \
     && /opt/devstack/bin/devstack --version
 
 FROM ${PYTHON_IMAGE}

@@ -267,3 +267,41 @@ def remote_commits(remote: str, *, branch: str = "main") -> list[str]:
         return git(remote, "rev-list", branch).split()
     except subprocess.CalledProcessError:
         return []
+
+
+# --- the journal on PostgreSQL (issue 19): the same tests on both backends -------------------------------------
+
+
+@pytest.fixture(scope="session")
+def journal_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One throwaway PostgreSQL server for the journal tests (a database per test)."""
+    from tests.hook_helpers import running_postgres
+
+    with running_postgres(tmp_path_factory.mktemp("journal-pg")) as server:
+        yield server
+
+
+def postgres_database(server: Any) -> tuple[str, Callable[[], None]]:
+    """A fresh database on ``server``: its URL, and how to drop it (closing what still connects)."""
+    import uuid
+
+    name = f"journal_{uuid.uuid4().hex[:12]}"
+    with server.superconnect() as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+
+    def drop() -> None:
+        with server.superconnect() as connection:
+            connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    return f"postgresql://{server.superuser}:{server.superpassword}@{server.host}:{server.port}/{name}", drop
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | str]:
+    """Where a journal lives: a SQLite file, or a database of a real PostgreSQL (``journal.url``)."""
+    if request.param == "sqlite":
+        yield tmp_path / "j.sqlite3"
+        return
+    url, drop = postgres_database(request.getfixturevalue("journal_postgres"))
+    yield url
+    drop()

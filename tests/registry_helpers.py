@@ -78,7 +78,7 @@ def oci_registry(workdir: Path, *, user: tuple[str, str] | None = None) -> Itera
         f"    rootdirectory: {workdir / 'data'}\n  delete:\n    enabled: true\n"
         f"http:\n  addr: 127.0.0.1:{port}\n{auth}"
     )
-    process = subprocess.Popen([BINARY, "serve", str(config)], stdout=subprocess.DEVNULL,  # noqa: S603
+    process = subprocess.Popen([BINARY, "serve", str(config)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 20

@@ -40,9 +40,12 @@ def send(server: RunningServer, payload: dict[str, Any], **kw: Any) -> Any:
 
 
 def test_open_synchronize_merge(
-    make_settings: Callable[..., Settings], serve: Callable[..., RunningServer], github: FakeGitHub, bare_remote: str
+    make_settings: Callable[..., Settings], serve: Callable[..., RunningServer], github: FakeGitHub, bare_remote: str,
+    where: Path | str,
 ) -> None:
-    server = serve(make_settings())
+    """On both journals: SQLite, and PostgreSQL (``journal.url``)."""
+    server = serve(make_settings(**({"journal": {"url": where}} if isinstance(where, str) else {})))
+    assert server.runtime.journal.backend == ("postgresql" if isinstance(where, str) else "sqlite")
     start = len(remote_commits(bare_remote))
 
     opened = send(server, pr_payload(action="opened", sha=SHA1))

@@ -229,10 +229,11 @@ def test_a_gate_of_another_sha_never_holds_the_head(make_settings: Callable[...,
 
 @pytest.fixture
 def parts(
-    make_settings: Callable[..., Settings], tmp_path: Path,
+    make_settings: Callable[..., Settings], tmp_path: Path, where: Path | str,
 ) -> Iterator[tuple[Settings, Journal, Worker, GateKeeper]]:
+    """On both journals: SQLite and PostgreSQL."""
     settings = gated(make_settings)
-    journal = Journal(settings.journal_path)
+    journal = Journal(where)
     store: GitStore = open_store(settings, workdir=tmp_path / "clone")
     worker = Worker(settings=settings, journal=journal, store=store)
     worker.start()
@@ -385,8 +386,13 @@ def sticky(github: FakeGitHub) -> str:
 
 def test_e2e_waits_for_the_check_run_then_deploys_and_deployment_statuses_follow(
     make_settings: Callable[..., Settings], serve: Callable[..., RunningServer], github: FakeGitHub, bare_remote: str,
+    where: Path | str,
 ) -> None:
-    server = serve(gated(make_settings))
+    settings = gated(make_settings)
+    if isinstance(where, str):  # the journal on PostgreSQL (journal.url)
+        settings = settings.model_copy(update={"journal": settings.journal.model_copy(update={"url": where})})
+    server = serve(settings)
+    assert server.runtime.journal.backend == ("postgresql" if isinstance(where, str) else "sqlite")
     opened = pr_payload(sha=SHA1)
     github.add_pull(opened["pull_request"])
     assert server.send_github(opened, delivery="open").status_code == 202

@@ -60,7 +60,7 @@ def test_the_distribution_and_its_self_references_agree() -> None:
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert project["name"] == "devstack-previews"
     assert project["scripts"] == {"devstack": "devstack.cli:main"}  # the command keeps its name
-    assert "devstack-previews[render,hooks]" in project["optional-dependencies"]["test"]
+    assert "devstack-previews[render,hooks,postgres]" in project["optional-dependencies"]["test"]
 
 
 def test_the_render_hint_works_from_a_clone_and_from_the_index() -> None:

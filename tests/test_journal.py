@@ -1,4 +1,5 @@
-"""The SQLite journal: durable, deduplicated, ordered, retried, dead-lettered, coalesced feedback."""
+"""The journal: durable, deduplicated, ordered, retried, dead-lettered, coalesced feedback. Every test that
+takes ``where`` runs on SQLite and on a real PostgreSQL (``journal.url``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import random
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from devstack.journal import Journal, backoff_delay
 
@@ -20,19 +23,19 @@ class Clock:
         return self.now
 
 
-def test_record_dedupes_and_survives_reopen(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "j.sqlite3")
+def test_record_dedupes_and_survives_reopen(where: Path | str) -> None:
+    journal = Journal(where)
     assert journal.record(delivery_id="a", provider="github", event="pull_request", pr="k", payload="{}")
     assert not journal.record(delivery_id="a", provider="github", event="pull_request", pr="k", payload="{}")
     journal.close()
-    reopened = Journal(tmp_path / "j.sqlite3")
+    reopened = Journal(where)
     [item] = reopened.take_batch(limit=10)
     assert item.delivery_id == "a" and item.status == "pending"
     assert reopened.counts()["pending"] == 1
 
 
-def test_batches_come_in_arrival_order_and_ignored_are_not_processed(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "j.sqlite3")
+def test_batches_come_in_arrival_order_and_ignored_are_not_processed(where: Path | str) -> None:
+    journal = Journal(where)
     for i in range(5):
         journal.record(delivery_id=f"d{i}", provider="github", event="pull_request", payload=str(i))
     journal.record(delivery_id="ig", provider="github", event="push", ignored="push is not handled")
@@ -43,9 +46,9 @@ def test_batches_come_in_arrival_order_and_ignored_are_not_processed(tmp_path: P
     assert journal.get("ig") is not None and journal.get("ig").outcome == "push is not handled"  # type: ignore[union-attr]
 
 
-def test_retry_backs_off_then_dead_letters_and_redrive(tmp_path: Path) -> None:
+def test_retry_backs_off_then_dead_letters_and_redrive(where: Path | str) -> None:
     clock = Clock()
-    journal = Journal(tmp_path / "j.sqlite3", clock=clock)
+    journal = Journal(where, clock=clock)
     journal.record(delivery_id="a", provider="github", event="pull_request", payload="{}")
     [item] = journal.take_batch(limit=1)
     assert journal.retry([item.seq], error="remote down", max_attempts=3, backoff_max=60) == []
@@ -62,8 +65,8 @@ def test_retry_backs_off_then_dead_letters_and_redrive(tmp_path: Path) -> None:
     assert [d.delivery_id for d in journal.take_batch(limit=1)] == ["a"]
 
 
-def test_feedback_is_coalesced_per_pr_and_versions_protect_newer_state(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "j.sqlite3")
+def test_feedback_is_coalesced_per_pr_and_versions_protect_newer_state(where: Path | str) -> None:
+    journal = Journal(where)
     for sha in ("s1", "s2", "s3"):
         journal.enqueue_feedback(pr="github:acme/p#1", provider="github", payload={"sha": sha})
     [item] = journal.take_feedback(limit=10)
@@ -79,9 +82,9 @@ def test_feedback_is_coalesced_per_pr_and_versions_protect_newer_state(tmp_path:
     assert (done.status, done.sent_body, done.comment_id, done.deployed_sha) == ("sent", "b4", 77, "s4")
 
 
-def test_feedback_failures_back_off_then_dead_letter(tmp_path: Path) -> None:
+def test_feedback_failures_back_off_then_dead_letter(where: Path | str) -> None:
     clock = Clock()
-    journal = Journal(tmp_path / "j.sqlite3", clock=clock)
+    journal = Journal(where, clock=clock)
     journal.enqueue_feedback(pr="k", provider="github", payload={})
     [item] = journal.take_feedback(limit=1)
     assert not journal.feedback_failed(item, error="502", max_attempts=2, backoff_max=10, delay=30)
@@ -101,10 +104,10 @@ def test_backoff_grows_is_capped_and_jittered() -> None:
     assert max(delays) <= 60
 
 
-def test_a_delivery_waiting_for_retry_is_not_overtaken(tmp_path: Path) -> None:
+def test_a_delivery_waiting_for_retry_is_not_overtaken(where: Path | str) -> None:
     """An opened event retried after a later synchronize would undo it: the queue is strictly FIFO."""
     clock = Clock()
-    journal = Journal(tmp_path / "j.sqlite3", clock=clock)
+    journal = Journal(where, clock=clock)
     journal.record(delivery_id="opened", provider="github", event="pull_request", payload="{}")
     [first] = journal.take_batch(limit=10)
     journal.retry([first.seq], error="push rejected", max_attempts=5, backoff_max=60, delay=10)
@@ -117,14 +120,14 @@ def test_a_delivery_waiting_for_retry_is_not_overtaken(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- one writer per row
 
 
-def test_two_journals_on_one_file_never_take_the_same_batch(tmp_path: Path) -> None:
+def test_two_journals_on_one_file_never_take_the_same_batch(where: Path | str) -> None:
     """Defect pinned: a direct-mode CLI command and the running server each open the journal and drained
     it concurrently; both could take the same pending rows and apply them. Now taking a batch claims
     its rows (owner and lease, in one IMMEDIATE transaction): the other process takes nothing until
     they are finished, and nothing behind them either (first in, first out across processes)."""
     clock = Clock()
-    server = Journal(tmp_path / "j.sqlite3", clock=clock, owner="server")
-    cli = Journal(tmp_path / "j.sqlite3", clock=clock, owner="cli")
+    server = Journal(where, clock=clock, owner="server")
+    cli = Journal(where, clock=clock, owner="cli")
     for i in range(4):
         server.record(delivery_id=f"d{i}", provider="github", event="pull_request", pr=f"k{i}", payload="{}")
     taken = cli.take_batch(limit=2)
@@ -141,12 +144,12 @@ def test_two_journals_on_one_file_never_take_the_same_batch(tmp_path: Path) -> N
     assert [d.delivery_id for d in cli.take_batch(limit=10)] == ["d2", "d3"]
 
 
-def test_a_crashed_claimers_rows_are_claimable_after_the_lease(tmp_path: Path) -> None:
+def test_a_crashed_claimers_rows_are_claimable_after_the_lease(where: Path | str) -> None:
     """Defect pinned (with claims): a process killed while holding a batch must not block the queue for
     ever. Its rows become claimable when the lease ends, or at once when the claimer was a process on
     this host that no longer exists."""
     clock = Clock()
-    path = tmp_path / "j.sqlite3"
+    path = where
     crashed = Journal(path, clock=clock, owner="elsewhere:1:x", lease=60)
     server = Journal(path, clock=clock, owner="server", lease=60)
     server.record(delivery_id="a", provider="github", event="pull_request", payload="{}")
@@ -175,13 +178,13 @@ def test_a_crashed_claimers_rows_are_claimable_after_the_lease(tmp_path: Path) -
 # --------------------------------------------------------------------------------- bounded history
 
 
-def test_prune_removes_old_finished_rows_and_keeps_what_is_still_needed(tmp_path: Path) -> None:
+def test_prune_removes_old_finished_rows_and_keeps_what_is_still_needed(where: Path | str) -> None:
     """Defect pinned: the journal and the outbox kept every delivered row for ever. Pruning removes
     done/ignored deliveries and sent/recorded comments older than the window; it keeps pending and
     dead rows, everything inside the window (dedupe still answers ``duplicate``), the applied states a
     dead letter's redrive is checked against, and the sticky comment ids."""
     clock = Clock()
-    journal = Journal(tmp_path / "j.sqlite3", clock=clock)
+    journal = Journal(where, clock=clock)
     day = 86400.0
 
     def rec(delivery: str, pr: str = "", kind: str = "pull_request") -> int:
@@ -226,10 +229,10 @@ def test_prune_removes_old_finished_rows_and_keeps_what_is_still_needed(tmp_path
     assert journal.prune(older_than=clock.now - 14 * day) == {"deliveries": 0, "outbox": 0, "checks": 0}
 
 
-def test_queries_stay_bounded_with_many_rows(tmp_path: Path) -> None:
+def test_queries_stay_bounded_with_many_rows(where: Path | str) -> None:
     """Defect pinned: ``dead_letters()``, ``feedback()`` and ``dead_feedback()`` (read by the dashboard
     every 10 s and by the API) returned every row. Each now takes a limit, newest first."""
-    journal = Journal(tmp_path / "j.sqlite3")
+    journal = Journal(where)
     journal.record_many([{"delivery_id": f"d{i}", "provider": "github", "event": "pull_request",
                           "pr": f"github:a#{i}", "payload": "{}"} for i in range(3000)])
     for row in journal.take_batch(limit=3000):
@@ -263,11 +266,11 @@ def _applied(journal: Journal, delivery: str, payload: dict[str, object]) -> int
     return row.seq
 
 
-def test_a_reaper_warning_from_an_older_snapshot_never_brings_back_an_older_sha_or_expiry(tmp_path: Path) -> None:
+def test_a_reaper_warning_from_an_older_snapshot_never_brings_back_an_older_sha_or_expiry(where: Path | str) -> None:
     """Defect pinned (12.5): the reaper rendered its warning from its own (older) snapshot and replaced
     the newer comment state: the old sha and expiry came back. The warning now goes onto the latest
     state, and only while that state still has the expiry warned about."""
-    journal = Journal(tmp_path / "j.sqlite3")
+    journal = Journal(where)
     _applied(journal, "push-1", _state("a" * 40, "2026-12-05T10:00:00Z"))
     _applied(journal, "push-2", _state("b" * 40, "2026-12-08T10:00:00Z", notes=("TTL capped at 2w",)))
     stale = _state("a" * 40, "2026-12-05T10:00:00Z", warning="expires at 2026-12-05 10:00 UTC")
@@ -285,10 +288,10 @@ def test_a_reaper_warning_from_an_older_snapshot_never_brings_back_an_older_sha_
     assert item.payload["notes"] == ["TTL capped at 2w"] and item.status == "pending"
 
 
-def test_an_older_state_never_overwrites_a_newer_one(tmp_path: Path) -> None:
+def test_an_older_state_never_overwrites_a_newer_one(where: Path | str) -> None:
     """Two batches completing out of order (a retry of an older delivery after a newer one was applied):
     the state of the newer delivery stays."""
-    journal = Journal(tmp_path / "j.sqlite3")
+    journal = Journal(where)
     journal.record(delivery_id="old", provider="github", event="pull_request", pr=PR_KEY, payload="{}")
     journal.record(delivery_id="new", provider="github", event="pull_request", pr=PR_KEY, payload="{}")
     old, new = journal.take_batch(limit=10)
@@ -298,11 +301,11 @@ def test_an_older_state_never_overwrites_a_newer_one(tmp_path: Path) -> None:
     assert item.payload["sha"] == "b" * 40
 
 
-def test_a_live_status_update_re_renders_the_latest_state_with_its_notes(tmp_path: Path) -> None:
+def test_a_live_status_update_re_renders_the_latest_state_with_its_notes(where: Path | str) -> None:
     """Defect pinned (12.5): an Argo CD status update re-rendered the comment from the worker's snapshot,
     dropping the planner's notes (and could bring back an older state). It now re-sends the latest
     state as it is; the live status is read when the comment is rendered."""
-    journal = Journal(tmp_path / "j.sqlite3")
+    journal = Journal(where)
     _applied(journal, "push", _state("b" * 40, "2026-12-08T10:00:00Z", notes=("TTL capped at 2w",)))
     [sent] = journal.take_feedback(limit=10)
     journal.feedback_sent(sent, body="...")
@@ -315,8 +318,8 @@ def test_a_live_status_update_re_renders_the_latest_state_with_its_notes(tmp_pat
     assert journal.feedback("github:acme/payments#7")[0].payload == snapshot  # no state yet: the fallback
 
 
-def test_a_new_state_with_the_same_expiry_keeps_the_reaper_warning(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "j.sqlite3")
+def test_a_new_state_with_the_same_expiry_keeps_the_reaper_warning(where: Path | str) -> None:
+    journal = Journal(where)
     _applied(journal, "push", _state("b" * 40, "2026-12-08T10:00:00Z"))
     warned = _state("b" * 40, "2026-12-08T10:00:00Z", warning="expires soon")
     journal.warn([("login-fix", "2026-12-08T10:00:00Z", [(PR_KEY, "github", warned)])])
@@ -325,3 +328,30 @@ def test_a_new_state_with_the_same_expiry_keeps_the_reaper_warning(tmp_path: Pat
     assert item.payload["warning"] == "expires soon" and item.payload["notes"] == ["label added"]
     _applied(journal, "pushed", _state("c" * 40, "2026-12-11T10:00:00Z"))  # extended: the warning goes
     assert journal.feedback(PR_KEY)[0].payload["warning"] == ""
+
+
+def test_a_lost_postgres_connection_is_a_503_and_the_next_delivery_goes_through(
+    journal_postgres: Any, make_settings: Callable[..., Any], serve: Callable[..., Any],
+) -> None:
+    """PostgreSQL restarting (its connections cut): the delivery in flight is refused with 503 + Retry-After
+    (so GitHub shows it failed and redelivery recovers it), nothing half-written; the next one connects again."""
+    from tests.conftest import postgres_database, pr_payload
+
+    url, drop = postgres_database(journal_postgres)
+    try:
+        server = serve(make_settings(journal={"url": url}), run_workers=False)
+        database = url.rsplit("/", 1)[1]
+        with journal_postgres.superconnect() as connection:
+            cut = connection.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
+                                     " AND pid <> pg_backend_pid()", (database,)).fetchall()
+        assert cut  # devstack's connection was there, and is gone
+        refused = server.send_github(pr_payload(), delivery="d1")
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+        assert "journal unavailable" in refused.json()["error"]
+        assert journal_postgres.superpassword not in refused.text
+        again = server.send_github(pr_payload(), delivery="d1")  # GitHub's redelivery
+        assert again.status_code == 202
+        assert server.runtime.journal.counts()["pending"] == 1
+        assert server.get("/readyz").status_code == 200
+    finally:
+        drop()  # closes what still connects; the server stops at teardown

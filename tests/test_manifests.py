@@ -564,7 +564,7 @@ def test_two_stages_on_a_pinned_slim_python() -> None:
 def test_the_builder_makes_a_wheel_with_the_hooks_extra() -> None:
     builder = stages()[0]
     runs = " ".join(rest for keyword, rest in builder if keyword == "RUN")
-    assert "pip wheel" in runs and "[hooks]" in runs and "python -m venv /opt/devstack" in runs
+    assert "pip wheel" in runs and "[hooks,postgres]" in runs and "python -m venv /opt/devstack" in runs
     extras = re.search(r"^hooks = \[", (REPO_ROOT / "pyproject.toml").read_text(), re.MULTILINE)
     assert extras, "pyproject.toml has no [hooks] extra"
 

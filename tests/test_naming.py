@@ -115,7 +115,9 @@ def test_app_names_are_injective_across_features(pair: tuple[str, str], cut: int
             names.add(naming.app_name(f, s))
             splits += 1
     assert len(names) == splits
-    assert naming.app_name(feature, service) != naming.legacy_app_name(feature, service)
+    if naming.is_feature_name(feature) and naming.service_name_problem(service) is None:  # the generator can
+        # make a feature longer than FEATURE_MAX (hypothesis found '0000-0-0000-0000-0000-0000-0000')
+        assert naming.app_name(feature, service) != naming.legacy_app_name(feature, service)
 
 
 def test_app_names_of_the_issue_and_at_the_length_limit() -> None:

@@ -123,7 +123,8 @@ def expected_manifest(*, server: RunningServer, webhook_url: str, name: str = "d
     return {"name": name, "url": server.url, "description": "Preview environments per pull request (devstack)",
             "hook_attributes": {"url": webhook_url, "active": True},
             "redirect_url": f"{server.url}/setup/github/callback", "public": False,
-            "default_permissions": {**APP_PERMISSIONS, **GATE_PERMISSIONS}, "default_events": [*APP_EVENTS, *GATE_EVENTS]}
+            "default_permissions": {**APP_PERMISSIONS, **GATE_PERMISSIONS},
+            "default_events": [*APP_EVENTS, *GATE_EVENTS]}
 
 
 @pytest.mark.timeout(120)

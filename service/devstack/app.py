@@ -48,6 +48,7 @@ from devstack.errors import (
 from devstack.events import CheckEvent, CommentEvent, PullRequestEvent
 from devstack.gatekeeper import waiting_gates
 from devstack.journal import Delivery
+from devstack.journal.backend import JournalUnavailable
 from devstack.log import bind
 from devstack.planner import NEVER
 from devstack.providers import Ignored, WebhookProvider, github, gitlab
@@ -189,6 +190,13 @@ def create_app(
             request.app.state.runtime.metrics.rejected.labels(provider, type(exc).__name__).inc()
         return JSONResponse({"error": str(exc)}, status_code=status)
 
+    @app.exception_handler(JournalUnavailable)
+    async def _journal_down(request: Request, exc: JournalUnavailable) -> JSONResponse:
+        """The journal's database cannot be reached: nothing was acknowledged, so the sender retries (GitHub
+        shows the failed delivery, and redelivery recovers it)."""
+        logger.error("journal unavailable: %s", exc)
+        return JSONResponse({"error": f"journal unavailable: {exc}"}, status_code=503, headers={"Retry-After": "5"})
+
     def webhook_route(provider: WebhookProvider) -> None:
         async def receive(request: Request) -> JSONResponse:
             return await _receive(request, provider=provider, settings=settings)
@@ -228,7 +236,7 @@ def create_app(
         try:
             pending = await run_in_threadpool(runtime.journal.pending_by_queue)
             oldest = await run_in_threadpool(runtime.journal.oldest_pending)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, JournalUnavailable) as exc:
             return JSONResponse({"status": "unavailable", "reason": f"journal: {exc}"}, status_code=503)
         reasons = []
         if not runtime.worker.healthy:

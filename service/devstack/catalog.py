@@ -301,6 +301,18 @@ class ServiceSettings(_Model):
         return value
 
 
+class JournalSettings(_Model):
+    url: str = Field("", description="postgresql://user:password@host:5432/db: the journal on PostgreSQL (several "
+                                     "replicas share it); empty: SQLite in state_dir")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("a PostgreSQL URL (postgresql://user:password@host:5432/db), or empty for SQLite")
+        return value
+
+
 class WorkerSettings(_Model):
     batch_size: int = Field(200, ge=1, le=10_000)
     poll_interval: float = Field(0.2, gt=0)
@@ -439,6 +451,7 @@ class Settings(BaseSettings):
     security: SecuritySettings = SecuritySettings()
     providers: ProvidersSettings = ProvidersSettings()
     services: dict[str, ServiceSettings] = Field(default_factory=dict)
+    journal: JournalSettings = JournalSettings()
     worker: WorkerSettings = WorkerSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     hooks: HooksSettings = HooksSettings()
@@ -539,6 +552,11 @@ class Settings(BaseSettings):
     @property
     def journal_path(self) -> Path:
         return self.state_dir / "journal.sqlite3"
+
+    @property
+    def journal_target(self) -> Path | str:
+        """Where the journal lives: ``journal.url`` (PostgreSQL), else the SQLite file in ``state_dir``."""
+        return self.journal.url or self.journal_path
 
     @property
     def local_remote_path(self) -> Path:

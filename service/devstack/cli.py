@@ -341,7 +341,7 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     else:
         from devstack.journal import Journal
 
-        journal = Journal(settings.journal_path)
+        journal = Journal(settings.journal_target)
         try:
             count = journal.redrive()
         finally:

@@ -121,6 +121,7 @@ def register_secrets(settings: Settings) -> None:
     redact.register(github.token, github.private_key, gitlab.token, *github.webhook_secrets, *gitlab.webhook_secrets,
                     *settings.security.api_tokens)
     redact.register_url(settings.gitops.url)
+    redact.register_url(settings.journal.url)
 
 
 def rate_limits(clients: Mapping[str, ProviderClient]) -> dict[str, int | None]:
@@ -210,7 +211,7 @@ class Runtime:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         register_secrets(settings)
         clients = provider_clients(settings) if clients is None else clients
-        journal = Journal(settings.journal_path, lease=settings.worker.claim_lease)
+        journal = Journal(settings.journal_target, lease=settings.worker.claim_lease)
         store = open_store(settings, workdir=clone_path)
         metrics = Metrics()
         kube = settings.cluster

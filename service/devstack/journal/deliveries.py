@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from devstack.journal.backend import Connection
 from devstack.journal.base import _Base
 from devstack.journal.model import Delivery, _delivery, _kind, backoff_delay, claimer_gone
 from devstack.journal.outbox import _enqueue
@@ -359,7 +359,7 @@ class _Deliveries(_Base):
         return _delivery(rows[0]) if rows else None
 
 
-def _supersede(db: sqlite3.Connection, *, seqs: Sequence[int] | None, now: float) -> None:
+def _supersede(db: Connection, *, seqs: Sequence[int] | None, now: float) -> None:
     """Mark done the dead PR states that a newer, applied state of the same PR supersedes."""
     for row in db.execute("SELECT seq, pr, payload FROM deliveries WHERE status = 'dead' AND pr != ''").fetchall():
         if (seqs is not None and row["seq"] not in seqs) or _kind(row["payload"]) != "pull_request":

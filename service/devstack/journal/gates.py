@@ -10,9 +10,9 @@ event is being planned either counts in that plan or makes the gatekeeper plan t
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from devstack.gates import CheckResult
 from devstack.journal.base import _Base
@@ -103,8 +103,8 @@ class _Gates(_Base):
             db.executemany("DELETE FROM gate_bypass WHERE pr = ?", [(pr,) for pr in prs])
 
     def gate_heads(self, *, state: str | None = None, limit: int = 1000) -> list[GateHead]:
-        rows = self._query("SELECT * FROM gate_heads WHERE ? IS NULL OR state = ? ORDER BY seen_at LIMIT ?",
-                           (state, state, limit))
+        rows = (self._query("SELECT * FROM gate_heads WHERE state = ? ORDER BY seen_at LIMIT ?", (state, limit))
+                if state else self._query("SELECT * FROM gate_heads ORDER BY seen_at LIMIT ?", (limit,)))
         return [_head(row) for row in rows]
 
     def probed(self, pr: str, *, sha: str, next_probe_at: float) -> None:
@@ -158,7 +158,7 @@ class _Gates(_Base):
         return str(rows[0]["payload"]) if rows else ""
 
 
-def _head(row: sqlite3.Row) -> GateHead:
+def _head(row: Any) -> GateHead:
     images = json.loads(row["images"])
     return GateHead(pr=row["pr"], repo=row["repo"], sha=row["sha"], seen_at=float(row["seen_at"]),
                     state=row["state"], images=tuple(str(i) for i in images), probes=int(row["probes"]),

@@ -70,7 +70,8 @@ class _Marks(_Base):
             return
         with self._tx() as db:
             db.executemany("INSERT INTO activity (key, at) VALUES (?, ?) ON CONFLICT (key) DO UPDATE"
-                           " SET at = MAX(activity.at, excluded.at)", sorted(items.items()))
+                           " SET at = CASE WHEN activity.at > excluded.at THEN activity.at ELSE excluded.at END",
+                           sorted(items.items()))
 
     def activity(self) -> dict[str, float]:
         """key -> its latest activity (epoch seconds)."""

@@ -7,7 +7,6 @@ import json
 import os
 import random
 import socket
-import sqlite3
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -83,7 +82,7 @@ def _kind(payload: str) -> str:
     return str(data.get("kind", "")) if isinstance(data, dict) else ""
 
 
-def _delivery(row: sqlite3.Row) -> Delivery:
+def _delivery(row: Any) -> Delivery:
     return Delivery(
         seq=row["seq"], delivery_id=row["delivery_id"], provider=row["provider"], event=row["event"], pr=row["pr"],
         payload=row["payload"], status=row["status"], outcome=row["outcome"], attempts=row["attempts"],
@@ -91,7 +90,7 @@ def _delivery(row: sqlite3.Row) -> Delivery:
     )
 
 
-def _outbox(row: sqlite3.Row) -> OutboxItem:
+def _outbox(row: Any) -> OutboxItem:
     return OutboxItem(
         pr=row["pr"], provider=row["provider"], payload=json.loads(row["payload"]), version=row["version"],
         status=row["status"], attempts=row["attempts"], last_error=row["last_error"], updated_at=row["updated_at"],

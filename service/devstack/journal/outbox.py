@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
+from devstack.journal.backend import Connection
 from devstack.journal.base import _Base
 from devstack.journal.model import OutboxItem, _outbox, backoff_delay
 
@@ -149,7 +149,7 @@ class _Outbox(_Base):
 
 
 def _enqueue(
-    db: sqlite3.Connection, *, pr: str, provider: str, payload: dict[str, Any], now: float, state_seq: int
+    db: Connection, *, pr: str, provider: str, payload: dict[str, Any], now: float, state_seq: int
 ) -> None:
     """Make ``payload`` the PR's state to send, unless the outbox holds a newer one (a higher
     ``state_seq``): an older state never overwrites a newer one. A reaper warning about the same expiry
@@ -166,12 +166,13 @@ def _enqueue(
         " VALUES (?, ?, ?, 1, 'pending', ?, ?)"
         " ON CONFLICT (pr) DO UPDATE SET payload = excluded.payload, version = outbox.version + 1,"
         " status = 'pending', attempts = 0, next_attempt_at = 0, last_error = '', updated_at = excluded.updated_at,"
-        " state_seq = MAX(outbox.state_seq, excluded.state_seq), phase = 'comment'",
+        " state_seq = CASE WHEN outbox.state_seq > excluded.state_seq THEN outbox.state_seq"
+        " ELSE excluded.state_seq END, phase = 'comment'",
         (pr, provider, json.dumps(payload, sort_keys=True), now, state_seq),
     )
 
 
-def _requeue(db: sqlite3.Connection, *, pr: str, payload: dict[str, Any], now: float) -> None:
+def _requeue(db: Connection, *, pr: str, payload: dict[str, Any], now: float) -> None:
     """Send the PR's state again (a new version), keeping its ``state_seq``."""
     db.execute(
         "UPDATE outbox SET payload = ?, version = version + 1, status = 'pending', attempts = 0,"

@@ -1,0 +1,246 @@
+"""Where the journal lives: SQLite (a file, the embedded default) or PostgreSQL (``journal.url``).
+
+Both give the journal the same semantics: every write transaction is serialized (SQLite's ``BEGIN
+IMMEDIATE``; on PostgreSQL a transaction-level advisory lock taken first), so the claims, the store-
+then-load pairs (gates) and the outbox versions behave the same on both, and the same tests run on
+both. The journal's SQL is written once, in SQLite's spelling; :func:`_postgres_sql` rewrites its
+three differences (``?`` placeholders, ``INSERT OR IGNORE``, a literal ``%``).
+
+The tables are created and changed by versioned migrations (yoyo-migrations), one folder per backend
+(``migrations/sqlite``, ``migrations/postgresql``), applied at open under yoyo's lock, so several
+processes opening one journal apply each migration once.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from devstack.errors import ConfigError, TemporaryError
+
+_LOCK_KEY = 0x64657673  # "devs": the advisory lock every write transaction of a PostgreSQL journal takes
+
+
+class JournalUnavailable(TemporaryError):
+    """The journal's database cannot be reached (PostgreSQL restarting, a network cut): retry later."""
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Connection(Protocol):
+    """What a transaction offers the journal's code (sqlite3's connection API)."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Any, /) -> Cursor: ...
+
+
+def open_backend(target: Path | str) -> SQLiteBackend | PostgresBackend:
+    """A journal database: a ``postgresql://`` URL, else the path of a SQLite file."""
+    text = str(target)
+    if text.startswith(("postgresql://", "postgres://")):
+        return PostgresBackend(text)
+    return SQLiteBackend(Path(target))
+
+
+def _migrations(backend: str) -> str:
+    return str(resources.files("devstack.journal").joinpath("migrations", backend))
+
+
+def _migrate(url: str, backend: str) -> None:
+    from yoyo import get_backend, read_migrations
+
+    database = get_backend(url)
+    try:
+        with database.lock():
+            database.apply_migrations(database.to_apply(read_migrations(_migrations(backend))))
+    finally:
+        database.connection.close()
+
+
+# --- SQLite --------------------------------------------------------------------------------------
+
+
+class SQLiteBackend:
+    """One connection guarded by a lock; WAL with ``synchronous=FULL`` (an acknowledged delivery survives
+    a crash of the process and of the machine)."""
+
+    name = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._upgrade_unversioned()
+        _migrate(f"sqlite:///{path.resolve()}", "sqlite")
+
+    def _upgrade_unversioned(self) -> None:
+        """Journals written before the migrations were versioned: bring their tables to the shape the
+        first migration creates (it only creates what is missing)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(deliveries)")}
+        if columns and "queue" not in columns:  # before comment commands existed
+            self._db.execute("ALTER TABLE deliveries ADD COLUMN queue TEXT NOT NULL DEFAULT 'git'")
+        if columns and "claimed_by" not in columns:  # before claims existed
+            self._db.execute("ALTER TABLE deliveries ADD COLUMN claimed_by TEXT NOT NULL DEFAULT ''")
+            self._db.execute("ALTER TABLE deliveries ADD COLUMN claim_expires REAL NOT NULL DEFAULT 0")
+        outbox = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if outbox and "state_seq" not in outbox:  # before the outbox had state versions
+            self._db.execute("ALTER TABLE outbox ADD COLUMN state_seq INTEGER NOT NULL DEFAULT 0")
+        if outbox and "phase" not in outbox:  # before comments went out before deployments
+            self._db.execute("ALTER TABLE outbox ADD COLUMN phase TEXT NOT NULL DEFAULT 'comment'")
+        sticky = {row[1] for row in self._db.execute("PRAGMA table_info(sticky)")}
+        if sticky and "deployment_id" not in sticky:  # before deployment ids were kept
+            self._db.execute("ALTER TABLE sticky ADD COLUMN deployment_id INTEGER")
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+
+
+class PgRow:
+    """A result row readable by name and by position, like :class:`sqlite3.Row`."""
+
+    __slots__ = ("_index", "_values")
+
+    def __init__(self, index: dict[str, int], values: Sequence[Any]) -> None:
+        self._index = index
+        self._values = values
+
+    def __getitem__(self, key: str | int) -> Any:
+        return self._values[self._index[key] if isinstance(key, str) else key]
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+
+def _row_factory(cursor: Any) -> Any:
+    index = {column.name: i for i, column in enumerate(cursor.description or ())}
+    return lambda values: PgRow(index, values)
+
+
+@functools.lru_cache(maxsize=512)
+def _postgres_sql(sql: str) -> str:
+    """The journal's SQLite spelling in PostgreSQL's: ``%s`` placeholders (a literal ``%`` doubled),
+    ``INSERT OR IGNORE`` as ``ON CONFLICT DO NOTHING``."""
+    text = sql.replace("%", "%%").replace("?", "%s")
+    if "INSERT OR IGNORE INTO" in text:
+        text = text.replace("INSERT OR IGNORE INTO", "INSERT INTO") + " ON CONFLICT DO NOTHING"
+    return text
+
+
+class _PgConnection:
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    def execute(self, sql: str, params: Sequence[Any] = (), /) -> Cursor:
+        cursor: Cursor = self._connection.execute(_postgres_sql(sql), tuple(params) if params else None)
+        return cursor
+
+    def executemany(self, sql: str, params: Any, /) -> Cursor:
+        cursor = self._connection.cursor()
+        cursor.executemany(_postgres_sql(sql), [tuple(p) for p in params])
+        return cursor  # type: ignore[no-any-return]
+
+
+class PostgresBackend:
+    """One connection (autocommit outside transactions) guarded by a lock; reconnected after a failure.
+
+    A lost connection (PostgreSQL restarted, the network cut) fails the call in flight with
+    :class:`JournalUnavailable` (the webhook route answers 503, the loops retry); the next call
+    connects again."""
+
+    name = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        try:
+            import psycopg
+        except ImportError:
+            raise ConfigError("journal.url is a PostgreSQL URL but psycopg is not installed: "
+                              "pip install 'devstack-previews[postgres]'") from None
+        self._psycopg = psycopg
+        parts = urlsplit(url)
+        if not parts.hostname or not parts.path.strip("/"):
+            raise ConfigError("journal.url: a PostgreSQL URL names a host and a database, like "
+                              "postgresql://devstack:secret@postgres:5432/devstack")
+        self._url = url
+        self._lock = threading.Lock()
+        self._connection: Any = None
+        try:
+            _migrate("postgresql+psycopg://" + url.split("://", 1)[1], "postgresql")
+        except psycopg.OperationalError as exc:
+            raise JournalUnavailable(f"journal database unreachable: {_short(exc)}") from None
+
+    def _connect(self) -> Any:
+        if self._connection is None or self._connection.closed or self._connection.broken:
+            try:
+                self._connection = self._psycopg.connect(self._url, autocommit=True, row_factory=_row_factory,
+                                                         connect_timeout=5)
+            except self._psycopg.OperationalError as exc:
+                self._connection = None
+                raise JournalUnavailable(f"journal database unreachable: {_short(exc)}") from None
+        return self._connection
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self._lock:
+            connection = self._connect()
+            try:
+                with connection.transaction():
+                    connection.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+                    yield _PgConnection(connection)
+            except self._psycopg.OperationalError as exc:
+                raise JournalUnavailable(f"journal database: {_short(exc)}") from None
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            connection = self._connect()
+            try:
+                rows: list[Any] = connection.execute(_postgres_sql(sql), tuple(params) if params else None).fetchall()
+                return rows
+            except self._psycopg.OperationalError as exc:
+                raise JournalUnavailable(f"journal database: {_short(exc)}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
