@@ -52,7 +52,8 @@ EVERYTHING = {"serviceMonitor": {"enabled": True, "labels": {"release": "prometh
 
 
 @pytest.mark.parametrize("values", [{}, EVERYTHING, {"ingress": {"enabled": False}, "networkPolicy": {"enabled": False},
-                                                    "rbac": {"create": False}, "serviceAccount": {"create": False}}])
+                                                    "rbac": {"create": False}, "serviceAccount": {"create": False}},
+                                    {"journal": {"postgresql": True, "replicas": 3}}])
 def test_lint_is_clean_and_every_object_validates_strictly(values: dict[str, Any]) -> None:
     report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE)
     serious = [m for m in report["messages"] if m["severity"] >= 2]
@@ -201,3 +202,22 @@ def test_the_kustomize_deployment_wakes_through_the_namespace_it_is_applied_to()
     assert env["DEVSTACK_SLEEP__WAKE__NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     service = yaml.safe_load((REPO_ROOT / "manifests" / "service.yaml").read_text())
     assert (service["metadata"]["name"], service["spec"]["ports"][0]["port"]) == ("devstack", 80)  # the defaults
+
+
+def test_a_postgresql_journal_runs_two_replicas_rolled_with_no_volume() -> None:
+    """Issue 19: with the journal on PostgreSQL every replica takes webhooks; no PVC, no Recreate."""
+    objects = render({"journal": {"postgresql": True}})
+    assert not [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    deployment = one(objects, "Deployment")["spec"]
+    assert deployment["replicas"] == 2
+    assert deployment["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    volumes = {v["name"]: v for v in deployment["template"]["spec"]["volumes"]}
+    assert volumes["state"] == {"name": "state", "emptyDir": {}}
+    env = {e["name"]: e for e in container(objects)["env"]}
+    assert env["DEVSTACK_JOURNAL__URL"]["valueFrom"]["secretKeyRef"] == {"name": "devstack-secrets",
+                                                                          "key": "journal-url"}
+    pdb = one(objects, "PodDisruptionBudget")["spec"]
+    assert pdb["maxUnavailable"] == 1  # of two: a drain never takes both
+    # the default stays one replica on its volume
+    default = one(render(), "Deployment")["spec"]
+    assert (default["replicas"], default["strategy"]) == (1, {"type": "Recreate"})

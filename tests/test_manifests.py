@@ -687,3 +687,48 @@ def test_the_network_policy_is_documented() -> None:
     text = (REPO_ROOT / "docs" / "cluster.md").read_text()
     for needle in ("manifests/networkpolicy.yaml", "ingress-nginx", "devstack-api-access", "kube-dns", "6443"):
         assert needle in text, needle
+
+
+# --- the journal on PostgreSQL (issue 19): the postgresql component -----------------------------------------
+
+
+def _with_postgresql(tmp_path: Path) -> Path:
+    """A copy of manifests/ with the component turned on the way the comment in kustomization.yaml says."""
+    copy = tmp_path / "manifests"
+    shutil.copytree(MANIFESTS, copy, ignore=shutil.ignore_patterns("helm"))
+    text = (copy / "kustomization.yaml").read_text()
+    assert "# components:\n#   - postgresql\n" in text
+    (copy / "kustomization.yaml").write_text(text.replace("# components:\n#   - postgresql\n",
+                                                          "components:\n  - postgresql\n"))
+    return copy
+
+
+def test_the_postgresql_component_runs_two_replicas_without_a_volume(
+    objects: list[dict[str, Any]], tmp_path: Path,
+) -> None:
+    import jsonpatch
+
+    operations = yaml.safe_load((MANIFESTS / "postgresql" / "deployment.yaml").read_text())
+    base = [o for o in objects if o["kind"] != "PersistentVolumeClaim"]  # the component deletes the claim
+    patched = [jsonpatch.apply_patch(o, operations) if o["kind"] == "Deployment" else o for o in base]
+    kubectl = shutil.which("kubectl")
+    if kubectl is not None:  # the real kustomize agrees with the patch applied by hand
+        result = subprocess.run([kubectl, "kustomize", str(_with_postgresql(tmp_path))], capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        built = [d for d in yaml.safe_load_all(result.stdout) if d]
+        assert sorted(o["kind"] for o in built) == sorted(o["kind"] for o in patched)
+        assert one(built, "Deployment")["spec"] == one(patched, "Deployment")["spec"] | {
+            "template": one(built, "Deployment")["spec"]["template"]}  # the config map's name has its hash
+        patched = built
+    validate_all(patched)
+    assert not [o for o in patched if o["kind"] == "PersistentVolumeClaim"]
+    deployment = one(patched, "Deployment")["spec"]
+    assert deployment["replicas"] == 2
+    assert deployment["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    volumes = {v["name"]: v for v in deployment["template"]["spec"]["volumes"]}
+    assert volumes["state"] == {"name": "state", "emptyDir": {}}
+    env = {e["name"]: e for e in deployment["template"]["spec"]["containers"][0]["env"]}
+    assert env["DEVSTACK_JOURNAL__URL"]["valueFrom"]["secretKeyRef"] == {"name": "devstack-secrets",
+                                                                          "key": "journal-url"}
+    assert one(patched, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1

@@ -223,7 +223,9 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
-        """Ready to take webhooks. A standby replica (not holding the Lease) is not ready.
+        """Ready to take webhooks. On a PostgreSQL journal every replica is (each acknowledges into the
+        shared journal; the leader alone applies): ready when the database is. On SQLite a standby
+        replica (not holding the Lease) is not ready.
 
         Git trouble does not make devstack unready: deliveries still become durable in the journal
         and are applied when the remote is back (taking the only replica out of its Service would
@@ -231,15 +233,18 @@ def create_app(
         ``degraded`` with the reason, and in the metrics (``devstack_git_failures_total``).
         """
         runtime: Runtime = request.app.state.runtime
-        if runtime.elector is not None and not runtime.elector.is_leader:
+        shared = runtime.journal.backend == "postgresql"
+        standby = runtime.elector is not None and not runtime.elector.is_leader
+        if runtime.elector is not None and standby and not shared:
             return JSONResponse({"status": "standby", "leader": runtime.elector.leader}, status_code=503)
+        role = {} if runtime.elector is None else {"role": "standby" if standby else "leader"}
         try:
             pending = await run_in_threadpool(runtime.journal.pending_by_queue)
             oldest = await run_in_threadpool(runtime.journal.oldest_pending)
         except (sqlite3.Error, JournalUnavailable) as exc:
             return JSONResponse({"status": "unavailable", "reason": f"journal: {exc}"}, status_code=503)
         reasons = []
-        if not runtime.worker.healthy:
+        if not runtime.worker.healthy and not standby:  # a standby's worker does not run
             reasons.append(f"git: {runtime.worker.last_error or 'the GitOps repo is not open yet'}")
         limit = settings.worker.stalled_after
         stalled = {queue: age for queue, age in oldest.items() if age > limit}
@@ -247,8 +252,8 @@ def create_app(
             reasons.append(f"stalled: the oldest pending delivery of the {queue} queue has waited {age:.0f} s "
                            f"(worker.stalled_after is {limit:g} s)")
         if not reasons:
-            return JSONResponse({"status": "ready", "pending": pending})
-        return JSONResponse({"status": "degraded", "pending": pending, "reason": "; ".join(reasons),
+            return JSONResponse({"status": "ready", "pending": pending, **role})
+        return JSONResponse({"status": "degraded", "pending": pending, **role, "reason": "; ".join(reasons),
                              "oldestPendingSeconds": {q: round(a, 1) for q, a in oldest.items()}})
 
     @app.get("/api/previews")

@@ -10,6 +10,8 @@ import logging
 import threading
 from collections.abc import Callable
 
+from devstack.errors import TemporaryError
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,6 +27,9 @@ def drain_forever(
     while not stop.is_set():
         try:
             handled = step()
+        except TemporaryError as exc:  # the journal's database restarting, an API down: expected, retried
+            logger.warning("%s: %s; retrying", name, exc)
+            handled = 0
         except Exception:
             logger.exception("%s crashed; continuing", name)
             handled = 0
@@ -45,6 +50,8 @@ def run_periodically(
         try:
             result = task()
             logger.info("%s", result.format() if hasattr(result, "format") else result)
+        except TemporaryError as exc:
+            logger.warning("%s pass failed (%s); next pass in %.0fs", name, exc, every)
         except Exception:
             logger.exception("%s pass failed; next pass in %.0fs", name, every)
         if stop.wait(every):

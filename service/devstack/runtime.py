@@ -22,6 +22,7 @@ from devstack.feedback import FeedbackSender, feedback_to_dict
 from devstack.gatekeeper import GateKeeper, waiting_gates
 from devstack.gitops import CommitResult, GitStore
 from devstack.journal import Journal
+from devstack.leadership import AdvisoryLockElector
 from devstack.loops import run_periodically
 from devstack.metrics import FeedbackCollector, Metrics, StateCollector
 from devstack.planner import stack_feedback
@@ -198,7 +199,7 @@ class Runtime:
     sleeper: Sleeper | None = None
     gatekeeper: GateKeeper | None = None
     usage: UsageCache = field(default_factory=UsageCache)
-    elector: cluster.LeaderElector | None = None
+    elector: cluster.LeaderElector | AdvisoryLockElector | None = None
     refresher: cluster.ApplicationSetRefresher | None = None
     status_watcher: cluster.StatusWatcher | None = None
     stop: threading.Event = field(default_factory=threading.Event)
@@ -270,14 +271,26 @@ class Runtime:
                 retry_period=election.retry_period,
                 on_started_leading=runtime.start_loops, on_stopped_leading=runtime.stop_loops,
             )
+        elif settings.journal.url:  # several processes on one PostgreSQL journal: one runs the loops
+            runtime.elector = AdvisoryLockElector(
+                url=settings.journal.url, identity=journal.owner, retry_period=kube.leader_election.retry_period,
+                on_started_leading=runtime.take_over, on_stopped_leading=runtime.stop_loops,
+            )
         return runtime
 
     def start(self) -> None:
-        """Start working: at once, or when this replica wins the Lease."""
+        """Start working: at once, or when this replica wins the Lease (or the journal's leader lock)."""
         if self.elector is not None:
             self.elector.start()
         else:
             self.start_loops()
+
+    def take_over(self) -> None:
+        """This process now leads a shared journal: the previous leader's claims are void, then the loops run."""
+        voided = self.journal.release_claims_of_others()
+        if voided:
+            logger.info("took over %d deliveries the previous leader had claimed", voided)
+        self.start_loops()
 
     def start_loops(self) -> None:
         """Run the worker, feedback sender, command runner, reaper, resync (and the Argo CD parts)."""

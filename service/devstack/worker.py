@@ -45,6 +45,7 @@ from devstack.feedback import feedback_to_dict
 from devstack.gates import GateStatus
 from devstack.gitops import CommitResult, GitStore
 from devstack.journal import Delivery, Journal
+from devstack.journal.backend import JournalUnavailable
 from devstack.log import bind
 from devstack.metrics import Metrics
 from devstack.naming import entry_filename
@@ -428,7 +429,7 @@ class Worker:
                 failures += 1
                 self.healthy = False
                 self.last_error = str(exc)
-                logger.warning("git store unavailable: %s", exc)
+                logger.warning("%s", exc if isinstance(exc, JournalUnavailable) else f"git store unavailable: {exc}")
                 stop.wait(min(self._settings.worker.backoff_max, 2.0 ** min(failures, 8)))
                 continue
             except Exception as exc:

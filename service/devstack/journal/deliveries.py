@@ -132,6 +132,18 @@ class _Deliveries(_Base):
                 )
         return [_delivery(row) for row in taken]
 
+    def release_claims_of_others(self) -> int:
+        """Void every claim another process holds on pending rows; returns how many.
+
+        For the process that just became the leader of a shared (PostgreSQL) journal: only the leader
+        applies deliveries, so another owner's claim is the previous leader's (dead, or stopping: its
+        session is gone, so its next write fails). Its rows are taken now rather than after
+        ``worker.claim_lease``."""
+        with self._tx() as db:
+            cursor = db.execute("UPDATE deliveries SET claimed_by = '', claim_expires = 0 WHERE status = 'pending'"
+                                " AND claimed_by != '' AND claimed_by != ?", (self.owner,))
+            return int(cursor.rowcount)
+
     def release(self, seqs: Sequence[int]) -> None:
         """Drop this journal's claim on ``seqs`` (those still pending go back to whoever is next)."""
         with self._tx() as db:

@@ -1,0 +1,164 @@
+"""Several replicas on one PostgreSQL journal (issue 19): real ``devstack serve`` processes, a real
+PostgreSQL, one bare GitOps remote. Every replica acknowledges webhooks; one (the holder of the
+journal's leader lock) applies them; ``kill -9`` of the leader mid-burst loses nothing and applies
+nothing twice."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import git, make_bare_remote, postgres_database, sign
+from tests.test_faults import (
+    SECRET,
+    Delivery,
+    Serve,
+    assert_linear_and_no_empty_commit,
+    burst,
+    expected_previews,
+    previews,
+    processes,  # noqa: F401 - the fixture that kills what a test started
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def replica_config(tmp_path: Path, name: str, *, remote: str, journal: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({
+        "state_dir": str(tmp_path / name),  # its own working clone; the journal is shared
+        "gitops": {"url": remote},
+        "journal": {"url": journal},
+        "domain": "preview.example.com",
+        "providers": {"github": {"webhook_secrets": [SECRET]}},
+        "services": {"payments-api": {"repo": "acme/payments", "image": "ghcr.io/acme/payments-api"}},
+        "worker": {"poll_interval": 0.01, "backoff_max": 1, "batch_size": 8},
+        "cluster": {"leader_election": {"retry_period": 0.3}},
+    }))
+    return path
+
+
+def role(serve: Serve) -> str:
+    return str(httpx.get(serve.url + "/readyz", timeout=5).json().get("role", ""))
+
+
+def send_to_any(replicas: list[Serve], event: Delivery, start: int) -> tuple[int, int]:
+    """POST ``event`` to a replica, trying the next one when a replica is gone (what a Service in front
+    of them does); returns (the replica that answered, its status)."""
+    body = json.dumps(event.payload()).encode()
+    headers = {"Content-Type": "application/json", "X-GitHub-Event": "pull_request", "X-GitHub-Delivery": event.id,
+               "X-Hub-Signature-256": sign(body, SECRET)}
+    for attempt in range(len(replicas) * 3):
+        index = (start + attempt) % len(replicas)
+        try:
+            response = httpx.post(replicas[index].url + "/webhooks/github", content=body, headers=headers, timeout=10)
+        except httpx.HTTPError:
+            continue
+        if response.status_code in (200, 202):
+            return index, response.status_code
+    raise AssertionError(f"no replica took {event.id}")
+
+
+def test_two_replicas_one_journal_kill_9_of_the_leader_mid_burst(
+    tmp_path: Path, journal_postgres: Any, processes: list[Serve],  # noqa: F811
+) -> None:
+    remote = make_bare_remote(tmp_path / "gitops.git")
+    git(remote, "config", "receive.denyNonFastForwards", "true")
+    url, drop = postgres_database(journal_postgres)
+    try:
+        first = Serve(cwd=tmp_path, config=replica_config(tmp_path, "a", remote=remote, journal=url))
+        processes.append(first)
+        second = Serve(cwd=tmp_path, config=replica_config(tmp_path, "b", remote=remote, journal=url))
+        processes.append(second)
+        replicas = [first, second]
+        deadline = time.monotonic() + 20
+        while sorted(role(r) for r in replicas) != ["leader", "standby"]:  # both ready, exactly one leads
+            assert time.monotonic() < deadline, [role(r) for r in replicas]
+            time.sleep(0.1)
+        leader = next(r for r in replicas if role(r) == "leader")
+        survivor = next(r for r in replicas if r is not leader)
+
+        events = burst(40)
+        answered: dict[str, int] = {}
+        killed_at = len(events) * 2 // 5
+        for index, event in enumerate(events):
+            if index == killed_at:
+                leader.kill(group=True)  # mid-burst, wherever its worker is
+                killed = time.monotonic()
+            _, status = send_to_any(replicas, event, start=index)  # alternately to both replicas
+            answered[event.id] = status
+        assert all(status == 202 for status in answered.values()), answered  # each acknowledged once
+
+        deadline = time.monotonic() + 20
+        while role(survivor) != "leader":
+            assert time.monotonic() < deadline, "the survivor never took the leader lock"
+            time.sleep(0.05)
+        assert time.monotonic() - killed < 10  # within the lock's retry period, not a claim lease (300 s)
+        rows = survivor.wait_idle(timeout=60)
+        journaled = [row["delivery"] for row in rows]
+        assert sorted(journaled) == sorted(e.id for e in events)  # nothing acknowledged was lost
+        assert {row["status"] for row in rows} == {"done"}, rows
+        assert previews(remote) == expected_previews(events)
+        assert_linear_and_no_empty_commit(remote)
+        # applied exactly once: no delivery is in the trailers of two commits
+        trailers = [line.split()[1] for line in git(remote, "log", "--format=%B", "main").splitlines()
+                    if line.startswith("Delivery: ")]
+        assert len(trailers) == len(set(trailers))
+        assert "pushed" in leader.log.read_text()  # the leader had applied part of the burst when it died
+        assert "leading: this process holds the journal's leader lock" in survivor.log.read_text()
+        logs = first.log.read_text() + second.log.read_text()
+        assert "Traceback" not in logs and SECRET not in logs and journal_postgres.superpassword not in logs
+    finally:
+        for replica in processes:
+            replica.stop()
+        drop()
+
+
+def test_postgres_connections_cut_mid_burst_refuse_with_503_and_lose_nothing(
+    tmp_path: Path, journal_postgres: Any, processes: list[Serve],  # noqa: F811
+) -> None:
+    """PostgreSQL restarting, as devstack sees it: every session of its database cut, twice, mid-burst.
+    A delivery in flight is refused with 503 (GitHub shows it failed; its redelivery goes through), what
+    was acknowledged is applied once, the loops recover by themselves."""
+    remote = make_bare_remote(tmp_path / "gitops.git")
+    url, drop = postgres_database(journal_postgres)
+    database = url.rsplit("/", 1)[1]
+    try:
+        server = Serve(cwd=tmp_path, config=replica_config(tmp_path, "a", remote=remote, journal=url))
+        processes.append(server)
+        events = burst(30)
+        refused: list[Delivery] = []
+        for index, event in enumerate(events):
+            if index in (10, 20):
+                with journal_postgres.superconnect() as connection:
+                    connection.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
+                                       " AND pid <> pg_backend_pid()", (database,))
+            body = json.dumps(event.payload()).encode()
+            response = httpx.post(server.url + "/webhooks/github", content=body, timeout=10, headers={
+                "Content-Type": "application/json", "X-GitHub-Event": "pull_request", "X-GitHub-Delivery": event.id,
+                "X-Hub-Signature-256": sign(body, SECRET)})
+            assert response.status_code in (202, 503), response.text
+            if response.status_code == 503:
+                refused.append(event)
+        assert refused, "no delivery met a cut connection"
+        for event in refused:  # GitHub's redelivery, in order
+            _, status = send_to_any([server], event, start=0)
+            assert status == 202
+        rows = server.wait_idle(timeout=60)
+        assert sorted(row["delivery"] for row in rows) == sorted(e.id for e in events)
+        assert {row["status"] for row in rows} == {"done"}, rows
+        # redelivered late, a PR's refused open may come after its push: the journal's order is what counts
+        order = {row["delivery"]: index for index, row in enumerate(reversed(rows))}
+        assert previews(remote) == expected_previews(sorted(events, key=lambda e: order[e.id]))
+        assert_linear_and_no_empty_commit(remote)
+        assert "Traceback" not in server.log.read_text()
+    finally:
+        for replica in processes:
+            replica.stop()
+        drop()
