@@ -33,6 +33,11 @@ class FakeGitHub:
     on_list_page: Callable[[str, int], None] | None = None  # (repo, page): before a page of open PRs is answered
     # (repo, sha) -> {"check_runs": [...], "check_suites": [...], "statuses": [...]}: what CI reported
     commit_checks: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
+    # a webhook's record of deliveries (newest first), what each carried, and where a redelivery goes
+    hook_deliveries: list[dict[str, Any]] = field(default_factory=list)
+    delivery_bodies: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # guid -> (event, body)
+    redeliver_to: str = ""  # the webhook URL (the real server on loopback)
+    webhook_secret: str = ""
     _next_id: int = 1000
 
     def _id(self) -> int:
@@ -73,6 +78,10 @@ class FakeGitHub:
         rsps.add_callback(responses.GET, re.compile(base + r"/repos/([^/]+/[^/]+)/deployments/(\d+)/statuses.*"),
                           callback=self._list_statuses)
         rsps.add_callback(responses.GET, re.compile(base + r"/user$"), callback=self._user)
+        hook = r"(/app/hook|/repos/[^/]+/[^/]+/hooks/\d+|/orgs/[^/]+/hooks/\d+)"
+        rsps.add_callback(responses.GET, re.compile(base + hook + r"/deliveries(\?.*)?$"), callback=self._deliveries)
+        rsps.add_callback(responses.POST, re.compile(base + hook + r"/deliveries/(\d+)/attempts$"),
+                          callback=self._redeliver)
         rsps.add_callback(responses.GET, re.compile(
             base + r"/repos/([^/]+/[^/]+)/commits/([0-9a-f]{40})/(check-runs|check-suites|status)(\?.*)?$"),
             callback=self._commit_checks)
@@ -145,6 +154,45 @@ class FakeGitHub:
         if what == "status":
             body.update({"sha": sha, "state": "pending", "total_count": len(items)})
         return failed or self._json(200, body)
+
+    def missed(self, *, guid: str, event: str, body: bytes, delivered_at: str, status_code: int = 502) -> None:
+        """A delivery GitHub made while devstack could not take it (newest first, as GitHub lists them)."""
+        self.delivery_bodies[guid] = (event, body)
+        self.hook_deliveries.insert(0, {"id": self._id(), "guid": guid, "event": event, "action": "",
+                                        "status_code": status_code, "delivered_at": delivered_at,
+                                        "redelivery": False})
+
+    def _deliveries(self, request: Any) -> tuple[int, dict[str, str], str]:
+        _, _, failed = self._record(request)
+        query = parse_qs(urlparse(request.url).query)
+        page = int(query.get("cursor", ["0"])[0])
+        per_page = int(query.get("per_page", ["30"])[0])
+        items = self.hook_deliveries[page * per_page:(page + 1) * per_page]
+        status, headers, body = self._json(200, items)
+        if (page + 1) * per_page < len(self.hook_deliveries):
+            link = self._url(urlparse(request.url).path) + f"?per_page={per_page}&cursor={page + 1}"
+            headers["Link"] = f'<{link}>; rel="next"'
+        return failed or (status, headers, body)
+
+    def _redeliver(self, request: Any) -> tuple[int, dict[str, str], str]:
+        """GitHub delivers the delivery again, with its guid, signed with the hook's secret."""
+        import hmac
+
+        import httpx
+
+        _, _, failed = self._record(request)
+        if failed:
+            return failed
+        delivery_id = int(urlparse(request.url).path.rsplit("/", 2)[-2])
+        original = next(d for d in self.hook_deliveries if d["id"] == delivery_id)
+        event, body = self.delivery_bodies[original["guid"]]
+        signature = "sha256=" + hmac.new(self.webhook_secret.encode(), body, hashlib.sha256).hexdigest()
+        answer = httpx.post(self.redeliver_to, content=body, timeout=10, headers={
+            "Content-Type": "application/json", "X-GitHub-Event": event, "X-GitHub-Delivery": original["guid"],
+            "X-Hub-Signature-256": signature})
+        self.hook_deliveries.insert(0, {**original, "id": self._id(), "status_code": answer.status_code,
+                                        "redelivery": True})
+        return self._json(202, {})
 
     def add_pull(self, pull_request: dict[str, Any]) -> None:
         """Make a PR known (the ``pull_request`` object of a webhook payload)."""

@@ -148,6 +148,10 @@ class GitHubSettings(_Model):
                                                                 "repository owner, one budget per installation")
     webhook_secrets: list[SecretStr] = Field(default_factory=list)
     seconds_between_writes: float = Field(1.0, ge=0)
+    redeliver: bool = Field(True, description="on start and on taking over, ask GitHub to redeliver what devstack "
+                                              "missed (the App's webhook, and hooks)")
+    hooks: list[GitHubHookRef] = Field(default_factory=list, description="repository / organization webhooks whose "
+                                                                         "missed deliveries are redelivered")
 
     @model_validator(mode="after")
     def _one_way_to_authenticate(self) -> GitHubSettings:
@@ -169,6 +173,29 @@ class GitHubSettings(_Model):
         if self.private_key_file is not None:
             return SecretStr(self.private_key_file.read_text(encoding="utf-8"))
         return None
+
+
+class GitHubHookRef(_Model):
+    """A repository or organization webhook whose missed deliveries devstack asks GitHub to redeliver."""
+
+    repo: str = Field("", description="owner/name of a repository webhook")
+    org: str = Field("", description="or the organization of an organization webhook")
+    id: int = Field(..., ge=1, description="the hook's id (in its settings page URL)")
+
+    @model_validator(mode="after")
+    def _one_owner(self) -> GitHubHookRef:
+        if bool(self.repo) == bool(self.org):
+            raise ValueError("name either repo (owner/name) or org")
+        if self.repo and (not re.fullmatch(r"[A-Za-z0-9-]{1,39}/[A-Za-z0-9_.-]{1,100}", self.repo)
+                          or self.repo.split("/")[1] in (".", "..")):
+            raise ValueError(f"repo: {self.repo[:60]!r} is not owner/name")
+        if self.org and not re.fullmatch(r"[A-Za-z0-9-]{1,39}", self.org):
+            raise ValueError(f"org: {self.org[:60]!r} is not an organization name")
+        return self
+
+    @property
+    def prefix(self) -> str:
+        return f"/repos/{self.repo}/hooks/{self.id}" if self.repo else f"/orgs/{self.org}/hooks/{self.id}"
 
 
 class GitLabSettings(_Model):

@@ -28,6 +28,7 @@ from devstack.metrics import FeedbackCollector, Metrics, StateCollector
 from devstack.planner import stack_feedback
 from devstack.providers import ProviderClient
 from devstack.reaper import Reaper, Resyncer, Sleeper, traefik_requests
+from devstack.redelivery import Redeliverer, hook_prefixes
 from devstack.usage import UsageCache
 from devstack.worker import Worker
 
@@ -198,6 +199,7 @@ class Runtime:
     metrics: Metrics
     sleeper: Sleeper | None = None
     gatekeeper: GateKeeper | None = None
+    redeliverer: Redeliverer | None = None
     usage: UsageCache = field(default_factory=UsageCache)
     elector: cluster.LeaderElector | AdvisoryLockElector | None = None
     refresher: cluster.ApplicationSetRefresher | None = None
@@ -261,6 +263,8 @@ class Runtime:
             resyncer=Resyncer(settings=settings, journal=journal, entries=worker.snapshot, clients=dict(clients)),
             refresher=refresher, status_watcher=watcher,
             gatekeeper=GateKeeper(settings=settings, journal=journal),
+            redeliverer=(Redeliverer(settings=settings, journal=journal)
+                         if settings.providers.github.redeliver and hook_prefixes(settings) else None),
         )
         holder.append(runtime)
         if kube.leader_election.enabled:
@@ -307,11 +311,16 @@ class Runtime:
                     self.stop, every=self.settings.reap_interval.total_seconds(), name="reap",
                     first_delay=min(30.0, self.settings.reap_interval.total_seconds()),
                     task=lambda: self.reap() if self.worker.healthy else "reap: waiting for git")),
-                ("resync", lambda: run_periodically(
+                ("resync", lambda: run_periodically(  # soon after start: PRs changed while devstack was down
                     self.stop, every=self.settings.resync_interval.total_seconds(), name="resync",
-                    first_delay=min(30.0, self.settings.resync_interval.total_seconds()),
+                    first_delay=min(10.0, self.settings.resync_interval.total_seconds()),
                     task=lambda: self.resyncer.run_once() if self.worker.healthy else "resync: waiting for git")),
             ]
+            if self.redeliverer is not None:  # GitHub's missed deliveries, at once, then with resync
+                redeliverer = self.redeliverer
+                loops.append(("redelivery", lambda: run_periodically(
+                    self.stop, every=self.settings.resync_interval.total_seconds(), name="redelivery",
+                    first_delay=0.5, task=redeliverer.run_once)))
             loops.append(("prune", lambda: run_periodically(
                 self.stop, every=PRUNE_EVERY, name="prune", first_delay=min(60.0, PRUNE_EVERY), task=self.prune)))
             if self.refresher is not None:

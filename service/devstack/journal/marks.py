@@ -76,3 +76,24 @@ class _Marks(_Base):
     def activity(self) -> dict[str, float]:
         """key -> its latest activity (epoch seconds)."""
         return {row["key"]: row["at"] for row in self._query("SELECT key, at FROM activity")}
+
+    # --- GitHub redeliveries (devstack.redelivery) -----------------------------------------------
+
+    def known_deliveries(self, ids: Sequence[str]) -> set[str]:
+        """Which of these delivery ids the journal has (acknowledged: pending, done, ignored or dead)."""
+        known: set[str] = set()
+        for start in range(0, len(ids), 500):
+            part = list(ids[start:start + 500])
+            marks = ",".join("?" * len(part))  # placeholders only: the values are bound
+            rows = self._query(f"SELECT delivery_id FROM deliveries WHERE delivery_id IN ({marks})", part)  # noqa: S608
+            known.update(row["delivery_id"] for row in rows)
+        return known
+
+    def redeliveries_since(self, since: float) -> set[str]:
+        """The guids devstack asked GitHub to redeliver since ``since``."""
+        return {row["guid"] for row in self._query("SELECT guid FROM redeliveries WHERE requested_at >= ?", (since,))}
+
+    def redelivery_requested(self, guid: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO redeliveries (guid, requested_at) VALUES (?, ?) ON CONFLICT (guid) DO UPDATE"
+                       " SET requested_at = excluded.requested_at", (guid, self._clock()))
