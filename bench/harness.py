@@ -513,7 +513,7 @@ class Server:
 @contextmanager
 def server(
     env: Env, *, workdir: Path, settings: dict[str, Any], log_level: str = "INFO", ready_timeout: float = 120.0,
-    launcher: Sequence[str] = (),
+    launcher: Sequence[str] = (), command: str = "serve", config_name: str = "devstack.yaml",
 ) -> Iterator[Server]:
     """Start ``devstack serve`` (a subprocess, this interpreter) and wait until ``/readyz`` says ``ready``
     (the worker has opened the git store).
@@ -521,14 +521,14 @@ def server(
     ``launcher``: the command that runs devstack's CLI (default ``python -m devstack.cli``); profiling
     scripts pass a wrapper here."""
     workdir.mkdir(parents=True, exist_ok=True)
-    config = workdir / "devstack.yaml"
+    config = workdir / config_name
     config.write_text(yaml.safe_dump(settings), encoding="utf-8")
     port = free_port()
-    log = workdir / "server.log"
+    log = workdir / f"{command}.log"
     started = time.monotonic()
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [*(launcher or (sys.executable, "-m", "devstack.cli")), "--log-level", log_level, "serve",
+            [*(launcher or (sys.executable, "-m", "devstack.cli")), "--log-level", log_level, command,
              "--config", str(config),
              "--host", "127.0.0.1", "--port", str(port)],
             stdout=out, stderr=subprocess.STDOUT, env=env.vars, cwd=workdir,
@@ -540,7 +540,7 @@ def server(
 
             def ready() -> bool:
                 if not running.alive():
-                    raise BenchError(f"devstack serve exited ({proc.returncode}):\n{running.log_tail()}")
+                    raise BenchError(f"devstack {command} exited ({proc.returncode}):\n{running.log_tail()}")
                 try:
                     response = client.get(running.url + "/readyz")
                 except httpx.HTTPError:

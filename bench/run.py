@@ -12,6 +12,7 @@ an ERROR row; the others still run. Exit status: 0 when every target is met, 1 o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -61,6 +62,7 @@ QUICK = Plan(
 def scenarios(plan: Plan) -> dict[str, Callable[[Env], list[Figure]]]:
     return {
         "ack": lambda env: ack.run(env, plan.ack),
+        "intake": lambda env: ack.run(env, dataclasses.replace(plan.ack, intake=True)),
         "single": lambda env: single.run(env, plan.single),
         "burst": lambda env: burst.run(env, plan.burst),
         "comment": lambda env: comment.run(env, plan.comment),
@@ -72,7 +74,7 @@ def scenarios(plan: Plan) -> dict[str, Callable[[Env], list[Figure]]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes: a smoke run under a minute")
-    parser.add_argument("--only", nargs="+", choices=["ack", "single", "burst", "comment", "scale", "sleep"],
+    parser.add_argument("--only", nargs="+", choices=["ack", "intake", "single", "burst", "comment", "scale", "sleep"],
                         help="run only these scenarios")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, repos)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"where to write the JSON (default {RESULTS})")

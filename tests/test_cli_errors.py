@@ -41,6 +41,7 @@ def _cases(down: str) -> dict[str, tuple[list[str], int, str]]:
     """subcommand -> (argv, exit status, a phrase the one-line error must contain)."""
     return {
         "serve": (["serve", "--config", "missing.yaml"], 2, "missing.yaml: cannot be read"),
+        "intake": (["intake", "--config", "missing.yaml"], 2, "missing.yaml: cannot be read"),
         "previews": (["previews", "--url", down], 1, f"no devstack server is reachable at {down}"),
         "replay": (["replay", "missing.json", "--event", "pull_request", "--secret", "s"], 2,
                    "missing.json: No such file or directory"),

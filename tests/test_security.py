@@ -364,7 +364,9 @@ def test_a_lying_content_length_smuggles_nothing(capped: RunningServer) -> None:
     head = (f"POST /webhooks/github HTTP/1.1\nHost: x\nContent-Type: application/json\nX-GitHub-Event: pull_request"
             f"\nX-GitHub-Delivery: liar\nX-Hub-Signature-256: {sign(body)}\nContent-Length: 100\n")
     status, data = raw_request(capped, head, body)
-    assert status == 401 and b"500 Internal" not in data
+    # uvicorn's httptools parser refuses the bare-LF request outright (400); h11 read the declared 100
+    # bytes and the signature of the whole body failed (401). Either way: refused, nothing journaled.
+    assert status in (400, 401) and b"500 Internal" not in data
     assert capped.runtime.journal.recent() == []
 
 

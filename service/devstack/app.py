@@ -36,6 +36,7 @@ from devstack import wake as waking
 from devstack.catalog import Settings
 from devstack.commands import CLI_OPS, cli_command
 from devstack.decode import Decoder
+from devstack.doorbell import ring
 from devstack.errors import (
     BadPayload,
     ConfigError,
@@ -47,6 +48,7 @@ from devstack.errors import (
 )
 from devstack.events import CheckEvent, CommentEvent, PullRequestEvent
 from devstack.gatekeeper import waiting_gates
+from devstack.groupcommit import GroupCommitter
 from devstack.journal import Delivery
 from devstack.journal.backend import JournalUnavailable
 from devstack.log import bind
@@ -155,12 +157,14 @@ def create_app(
         app.state.api_tokens = api_tokens(settings)
         redact.register(*app.state.api_tokens, *(s for values in app.state.webhook_secrets.values() for s in values))
         app.state.decoder = Decoder()
+        app.state.committer = GroupCommitter(runtime.journal)
         app.state.waker = waking.Waker(journal=runtime.journal)
         if run_workers:
             runtime.start()
         try:
             yield
         finally:
+            app.state.committer.close()
             runtime.close()
             app.state.decoder.close()
 
@@ -170,46 +174,7 @@ def create_app(
     app.add_middleware(BodyLimit, limit=lambda path: security.max_body_bytes if path.startswith("/webhooks/")
                        else security.max_api_body_bytes)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        """FastAPI's own refusals (a body that is not JSON, no such route, a body over the cap) in the
-        API's error shape."""
-        if request.url.path.startswith("/webhooks/") and exc.status_code in (400, 413):
-            provider = request.url.path.removeprefix("/webhooks/")
-            kind = PayloadTooLarge if exc.status_code == 413 else BadPayload
-            request.app.state.runtime.metrics.rejected.labels(provider, kind.__name__).inc()
-            logger.warning("webhook refused (%d): %s", exc.status_code, exc.detail)
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(WebhookError)
-    async def _webhook_error(request: Request, exc: WebhookError) -> JSONResponse:
-        status = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 400)
-        logger.warning("webhook refused (%d): %s", status, exc)
-        if request.url.path.startswith("/webhooks/"):
-            provider = request.url.path.removeprefix("/webhooks/")
-            request.app.state.runtime.metrics.rejected.labels(provider, type(exc).__name__).inc()
-        return JSONResponse({"error": str(exc)}, status_code=status)
-
-    @app.exception_handler(JournalUnavailable)
-    async def _journal_down(request: Request, exc: JournalUnavailable) -> JSONResponse:
-        """The journal's database cannot be reached: nothing was acknowledged, so the sender retries (GitHub
-        shows the failed delivery, and redelivery recovers it)."""
-        logger.error("journal unavailable: %s", exc)
-        return JSONResponse({"error": f"journal unavailable: {exc}"}, status_code=503, headers={"Retry-After": "5"})
-
-    def webhook_route(provider: WebhookProvider) -> None:
-        async def receive(request: Request) -> JSONResponse:
-            return await _receive(request, provider=provider, settings=settings)
-
-        app.add_api_route(
-            f"/webhooks/{provider.name}", receive, methods=["POST"], status_code=202,
-            summary=f"Receive a {provider.name} webhook delivery",
-            responses={200: {"description": "a ping, or a delivery ignored or seen before"},
-                       **_errors(400, 401, 403, 413)},
-        )
-
-    for provider in webhook_providers():
-        webhook_route(provider)
+    install_webhooks(app, settings)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics(request: Request) -> Response:
@@ -438,6 +403,54 @@ def webhook_providers() -> list[WebhookProvider]:
     return [github.GitHubWebhook(), gitlab.GitLabWebhook()]
 
 
+def install_webhooks(app: FastAPI, settings: Settings) -> None:
+    """The webhook routes (``POST /webhooks/<provider>``) and the error handlers that answer their
+    refusals: shared by ``devstack serve`` (:func:`create_app`) and ``devstack intake``
+    (:func:`devstack.intake.create_intake_app`). Needs ``app.state.runtime`` (its ``journal`` and
+    ``metrics``), ``app.state.webhook_secrets`` and ``app.state.decoder`` set by the app's lifespan."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """FastAPI's own refusals (a body that is not JSON, no such route, a body over the cap) in the
+        API's error shape."""
+        if request.url.path.startswith("/webhooks/") and exc.status_code in (400, 413):
+            provider = request.url.path.removeprefix("/webhooks/")
+            kind = PayloadTooLarge if exc.status_code == 413 else BadPayload
+            request.app.state.runtime.metrics.rejected.labels(provider, kind.__name__).inc()
+            logger.warning("webhook refused (%d): %s", exc.status_code, exc.detail)
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(WebhookError)
+    async def _webhook_error(request: Request, exc: WebhookError) -> JSONResponse:
+        status = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 400)
+        logger.warning("webhook refused (%d): %s", status, exc)
+        if request.url.path.startswith("/webhooks/"):
+            provider = request.url.path.removeprefix("/webhooks/")
+            request.app.state.runtime.metrics.rejected.labels(provider, type(exc).__name__).inc()
+        return JSONResponse({"error": str(exc)}, status_code=status)
+
+    @app.exception_handler(JournalUnavailable)
+    async def _journal_down(request: Request, exc: JournalUnavailable) -> JSONResponse:
+        """The journal's database cannot be reached: nothing was acknowledged, so the sender retries (GitHub
+        shows the failed delivery, and redelivery recovers it)."""
+        logger.error("journal unavailable: %s", exc)
+        return JSONResponse({"error": f"journal unavailable: {exc}"}, status_code=503, headers={"Retry-After": "5"})
+
+    def webhook_route(provider: WebhookProvider) -> None:
+        async def receive(request: Request) -> JSONResponse:
+            return await _receive(request, provider=provider, settings=settings)
+
+        app.add_api_route(
+            f"/webhooks/{provider.name}", receive, methods=["POST"], status_code=202,
+            summary=f"Receive a {provider.name} webhook delivery",
+            responses={200: {"description": "a ping, or a delivery ignored or seen before"},
+                       **_errors(400, 401, 403, 413)},
+        )
+
+    for provider in webhook_providers():
+        webhook_route(provider)
+
+
 async def _receive(request: Request, *, provider: WebhookProvider, settings: Settings) -> JSONResponse:
     """One delivery: check its headers, read the body (capped), verify, identify, parse, journal, answer."""
     runtime: Runtime = request.app.state.runtime
@@ -485,10 +498,12 @@ async def _receive(request: Request, *, provider: WebhookProvider, settings: Set
                 logger.warning("ignored: repository %s is not in security.repos", result.repo)
                 runtime.metrics.deliveries.labels(provider.name, "not_allowed").inc()
                 return JSONResponse({"status": "ignored", "reason": "repository not allowed", "delivery": delivery_id})
-            new = await run_in_threadpool(
-                journal.record, delivery_id=delivery_id, provider=provider.name, event=event_name, pr=result.key,
-                payload=result.to_json(), queue=_queue(result),
-            )
+            new = await request.app.state.committer.record({
+                "delivery_id": delivery_id, "provider": provider.name, "event": event_name, "pr": result.key,
+                "payload": result.to_json(), "queue": _queue(result)})
+            doorbell = getattr(request.app.state, "doorbell", None)
+            if new and doorbell is not None:  # devstack intake: wake the worker of devstack serve now
+                ring(doorbell, _queue(result))
             if not new:
                 logger.info("duplicate delivery; already recorded")
                 runtime.metrics.deliveries.labels(provider.name, "duplicate").inc()

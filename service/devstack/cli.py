@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(words)
     if tail:
         args.argv = tail
-    devstack_log.setup(level=args.log_level or ("INFO" if args.command == "serve" else "WARNING"),
+    devstack_log.setup(level=args.log_level or ("INFO" if args.command in ("serve", "intake") else "WARNING"),
                        fmt=args.log_format)
     try:
         code: int = args.func(args)
@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     serve.set_defaults(func=cmd_serve)
+
+    intake = commands.add_parser("intake", help="acknowledge webhooks only, in a process of their own")
+    _config_argument(intake)
+    intake.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    intake.add_argument("--port", type=int, default=8081, help="port to listen on (default 8081)")
+    intake.set_defaults(func=cmd_intake)
 
     previews = commands.add_parser("previews", help="list the previews (from a server, or the GitOps repo)")
     source = previews.add_mutually_exclusive_group()
@@ -236,6 +242,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.providers.github.token is None and settings.providers.github.app_id is None:
         logger.info("no GitHub token: PR feedback is recorded locally (GET /api/feedback)")
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None, access_log=False)
+    return 0
+
+
+def cmd_intake(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from devstack.intake import create_intake_app
+
+    settings = load_settings(args.config)
+    uvicorn.run(create_intake_app(settings), host=args.host, port=args.port, log_config=None, access_log=False)
     return 0
 
 

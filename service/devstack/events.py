@@ -72,7 +72,8 @@ class PullRequestEvent:
         return self.ref.key
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        # field by field, not dataclasses.asdict (which deep-copies every value): this runs per webhook
+        data = {f.name: getattr(self, f.name) for f in _PR_FIELDS}
         data["kind"] = "pull_request"
         data["provider"] = self.provider.value
         data["state"] = self.state.value
@@ -95,6 +96,9 @@ class PullRequestEvent:
     @classmethod
     def from_json(cls, text: str) -> PullRequestEvent:
         return cls.from_dict(json.loads(text))
+
+
+_PR_FIELDS = dataclasses.fields(PullRequestEvent)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,6 +17,8 @@ from pydantic import SecretStr
 from devstack import cluster, redact
 from devstack.catalog import Settings
 from devstack.commands import CommandRunner
+from devstack.doorbell import Listener
+from devstack.doorbell import path_in as doorbell_path
 from devstack.errors import DevstackError
 from devstack.feedback import FeedbackSender, feedback_to_dict
 from devstack.gatekeeper import GateKeeper, waiting_gates
@@ -200,6 +202,7 @@ class Runtime:
     sleeper: Sleeper | None = None
     gatekeeper: GateKeeper | None = None
     redeliverer: Redeliverer | None = None
+    doorbell: Listener | None = None
     usage: UsageCache = field(default_factory=UsageCache)
     elector: cluster.LeaderElector | AdvisoryLockElector | None = None
     refresher: cluster.ApplicationSetRefresher | None = None
@@ -283,7 +286,11 @@ class Runtime:
         return runtime
 
     def start(self) -> None:
-        """Start working: at once, or when this replica wins the Lease (or the journal's leader lock)."""
+        """Start working: at once, or when this replica wins the Lease (or the journal's leader lock).
+        On a SQLite journal, ``devstack intake`` processes of this host ring the doorbell in state_dir."""
+        if not self.settings.journal.url and self.doorbell is None:
+            listener = Listener(doorbell_path(self.settings.state_dir), self.journal.signal)
+            self.doorbell = listener if listener.start() else None
         if self.elector is not None:
             self.elector.start()
         else:
@@ -365,6 +372,8 @@ class Runtime:
             self.threads = []
 
     def close(self, *, timeout: float = 30.0) -> None:
+        if self.doorbell is not None:
+            self.doorbell.close()
         if self.elector is not None:
             self.elector.stop(release=True)  # stops the loops, then hands the Lease over at once
         self.stop_loops(timeout)

@@ -37,6 +37,24 @@ class _Deliveries(_Base):
             self.signal(queue)
         return new
 
+    def record_group(self, items: Sequence[Mapping[str, str]]) -> list[bool]:
+        """Record webhook deliveries (``delivery_id``, ``provider``, ``event``, ``pr``, ``payload``,
+        ``queue``) in one transaction, one commit (a group commit); per item, whether it was new."""
+        now = self._clock()
+        results: list[bool] = []
+        with self._tx() as db:
+            for item in items:
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO deliveries (delivery_id, provider, event, pr, payload, status, queue,"
+                    " received_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                    (item["delivery_id"], item["provider"], item["event"], item.get("pr", ""), item["payload"],
+                     item.get("queue", "git"), now),
+                )
+                results.append(cursor.rowcount == 1)
+        for queue in {item.get("queue", "git") for item, new in zip(items, results, strict=True) if new}:
+            self.signal(queue)
+        return results
+
     def record_many(self, items: Sequence[Mapping[str, str]], *, queue: str = "git") -> int:
         """Record many deliveries (``delivery_id``, ``provider``, ``event``, ``pr``, ``payload``) in one
         transaction; returns how many were new. For devstack's own passes (reaper, resync)."""

@@ -1,0 +1,91 @@
+"""``devstack intake``: webhooks acknowledged in a process of their own (issue 19).
+
+Acknowledging a delivery (read the capped body, check the signature over its raw bytes, parse it
+once, one insert into the journal, 202) must not wait behind the worker's planning and git in the same
+interpreter. ``devstack intake`` serves only that path (``POST /webhooks/<provider>``, ``/healthz``,
+``/readyz``, ``/metrics``) on its own port, into the same journal ``devstack serve`` works from: the
+SQLite file in a shared ``state_dir`` (the processes of one host, e.g. two containers of one Pod on one
+volume), or PostgreSQL (``journal.url``, any number of intake replicas). After each new delivery it
+rings ``devstack serve``'s doorbell (:mod:`devstack.doorbell`, same host) so the worker starts at once;
+elsewhere the worker's poll (``worker.poll_interval``) finds it. Route only ``/webhooks/`` to it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import generate_latest
+
+from devstack import __version__, doorbell, redact
+from devstack.app import BodyLimit, install_webhooks, webhook_providers
+from devstack.catalog import Settings
+from devstack.decode import Decoder
+from devstack.groupcommit import GroupCommitter
+from devstack.journal import Journal
+from devstack.journal.backend import JournalUnavailable
+from devstack.metrics import Metrics
+from devstack.runtime import log_webhook_providers, register_secrets, webhook_secrets
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class Intake:
+    """What the webhook route needs: the settings, the journal, the metrics."""
+
+    settings: Settings
+    journal: Journal
+    metrics: Metrics
+
+
+def create_intake_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        register_secrets(settings)
+        journal = Journal(settings.journal_target, lease=settings.worker.claim_lease)
+        app.state.runtime = Intake(settings=settings, journal=journal, metrics=Metrics())
+        app.state.webhook_secrets = {p.name: webhook_secrets(settings, p.name) for p in webhook_providers()}
+        log_webhook_providers(settings, app.state.webhook_secrets)
+        redact.register(*(s for values in app.state.webhook_secrets.values() for s in values))
+        app.state.decoder = Decoder()
+        app.state.committer = GroupCommitter(journal)
+        app.state.doorbell = None if settings.journal.url else doorbell.path_in(settings.state_dir)
+        logger.info("intake: acknowledging webhooks into the %s journal", journal.backend)
+        try:
+            yield
+        finally:
+            app.state.committer.close()
+            journal.close()
+            app.state.decoder.close()
+
+    app = FastAPI(title="devstack intake", version=__version__, lifespan=lifespan)
+    app.add_middleware(BodyLimit, limit=lambda path: settings.security.max_body_bytes)
+    install_webhooks(app, settings)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        """Ready when the journal answers: that is all acknowledging needs."""
+        intake: Intake = request.app.state.runtime
+        try:
+            await run_in_threadpool(intake.journal.last_seq)
+        except (OSError, JournalUnavailable) as exc:
+            return JSONResponse({"status": "unavailable", "reason": f"journal: {exc}"}, status_code=503)
+        return JSONResponse({"status": "ready", "role": "intake"})
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics(request: Request) -> Response:
+        intake: Intake = request.app.state.runtime
+        data = await run_in_threadpool(generate_latest, intake.metrics.registry)
+        return Response(content=data, media_type="text/plain; version=0.0.4")
+
+    return app
