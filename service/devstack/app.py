@@ -49,7 +49,7 @@ from devstack.errors import (
 from devstack.events import CheckEvent, CommentEvent, PullRequestEvent
 from devstack.gatekeeper import waiting_gates
 from devstack.groupcommit import GroupCommitter
-from devstack.journal import Delivery
+from devstack.journal import Delivery, Journal
 from devstack.journal.backend import JournalUnavailable
 from devstack.log import bind
 from devstack.planner import NEVER
@@ -152,12 +152,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = runtime_factory(settings)
         app.state.runtime = runtime
-        app.state.webhook_secrets = {p.name: webhook_secrets(settings, p.name) for p in webhook_providers()}
-        log_webhook_providers(settings, app.state.webhook_secrets)
+        open_webhook_state(app, settings, journal=runtime.journal)
         app.state.api_tokens = api_tokens(settings)
-        redact.register(*app.state.api_tokens, *(s for values in app.state.webhook_secrets.values() for s in values))
-        app.state.decoder = Decoder()
-        app.state.committer = GroupCommitter(runtime.journal)
+        redact.register(*app.state.api_tokens)
         app.state.waker = waking.Waker(journal=runtime.journal)
         if run_workers:
             runtime.start()
@@ -401,6 +398,17 @@ class CommandRequest(BaseModel):
 
 def webhook_providers() -> list[WebhookProvider]:
     return [github.GitHubWebhook(), gitlab.GitLabWebhook()]
+
+
+def open_webhook_state(app: FastAPI, settings: Settings, *, journal: Journal) -> None:
+    """What the webhook route reads from ``app.state`` besides the runtime: the providers' secrets
+    (registered with the scrubber, the start-up log says which providers are on), the decoder and the
+    group committer into ``journal``. The lifespan closes ``committer`` and ``decoder``."""
+    app.state.webhook_secrets = {p.name: webhook_secrets(settings, p.name) for p in webhook_providers()}
+    log_webhook_providers(settings, app.state.webhook_secrets)
+    redact.register(*(s for values in app.state.webhook_secrets.values() for s in values))
+    app.state.decoder = Decoder()
+    app.state.committer = GroupCommitter(journal)
 
 
 def install_webhooks(app: FastAPI, settings: Settings) -> None:

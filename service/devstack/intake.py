@@ -22,15 +22,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import generate_latest
 
-from devstack import __version__, doorbell, redact
-from devstack.app import BodyLimit, install_webhooks, webhook_providers
+from devstack import __version__, doorbell
+from devstack.app import BodyLimit, install_webhooks, open_webhook_state
 from devstack.catalog import Settings
-from devstack.decode import Decoder
-from devstack.groupcommit import GroupCommitter
 from devstack.journal import Journal
 from devstack.journal.backend import JournalUnavailable
 from devstack.metrics import Metrics
-from devstack.runtime import log_webhook_providers, register_secrets, webhook_secrets
+from devstack.runtime import register_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +48,7 @@ def create_intake_app(settings: Settings) -> FastAPI:
         register_secrets(settings)
         journal = Journal(settings.journal_target, lease=settings.worker.claim_lease)
         app.state.runtime = Intake(settings=settings, journal=journal, metrics=Metrics())
-        app.state.webhook_secrets = {p.name: webhook_secrets(settings, p.name) for p in webhook_providers()}
-        log_webhook_providers(settings, app.state.webhook_secrets)
-        redact.register(*(s for values in app.state.webhook_secrets.values() for s in values))
-        app.state.decoder = Decoder()
-        app.state.committer = GroupCommitter(journal)
+        open_webhook_state(app, settings, journal=journal)
         app.state.doorbell = None if settings.journal.url else doorbell.path_in(settings.state_dir)
         logger.info("intake: acknowledging webhooks into the %s journal", journal.backend)
         try:
