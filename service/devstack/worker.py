@@ -186,7 +186,7 @@ class Worker:
         if not events:
             return BatchResult(deliveries=len(batch), dead=broken)
         try:
-            planned, result, blocked, gates = self._commit(events)
+            planned, result, blocked, heads = self._commit(events)
         except (InvalidEntry, PlanFailed) as exc:
             self._metrics.plan_failures.inc()
             if len(events) == 1:
@@ -216,8 +216,8 @@ class Worker:
             outcomes,
             feedback=[(f.pr.key, f.pr.provider.value, feedback_to_dict(f)) for f in planned.feedback],
         )
-        if gates:
-            self._journal.set_gate_states({head: _gate_state(statuses) for head, statuses in gates.items()})
+        if heads:  # what each planned PR head's gate was: the gatekeeper acts on the ones not open
+            self._journal.set_gate_states({head: _gate_state(statuses) for head, statuses in heads.items()})
         for event, decision in zip(applied.values(), planned.decisions, strict=True):
             with bind(delivery=event.delivery_id, pr=event.key, repo=getattr(event, "repo", None)):
                 logger.info("%s %s: %s%s", _action(event), event.key, decision.outcome,
