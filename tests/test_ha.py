@@ -166,3 +166,35 @@ def test_postgres_connections_cut_mid_burst_refuse_with_503_and_lose_nothing(
         for replica in processes:
             replica.stop()
         drop()
+
+
+def test_a_leader_that_cannot_start_releases_the_lock_and_tries_again(journal_postgres: Any) -> None:
+    """Defect found by the cut-sessions test: taking over failed (the journal's own session was cut at the
+    same moment), the exception ended the contention thread, and the process held the lock with no loops
+    running: nothing was applied, ever. Now the lock is released and taken again at the next try."""
+    from devstack.leadership import AdvisoryLockElector
+
+    url, drop = postgres_database(journal_postgres)
+    events: list[str] = []
+
+    def start() -> None:
+        events.append("start")
+        if events.count("start") == 1:
+            raise RuntimeError("journal database: terminating connection due to administrator command")
+
+    first = AdvisoryLockElector(url=url, identity="a", on_started_leading=start,
+                                on_stopped_leading=lambda: events.append("stop"), retry_period=0.05)
+    other = AdvisoryLockElector(url=url, identity="b", on_started_leading=lambda: events.append("other"),
+                                on_stopped_leading=lambda: None, retry_period=0.05)
+    try:
+        assert first.try_once() is False and events == ["start", "stop"]
+        assert other.try_once() is True  # the lock was really released
+        other.stop()
+        assert first.try_once() is True and events == ["start", "stop", "other", "start"]
+        first.start()  # the contention thread survives whatever a try raises
+        time.sleep(0.2)
+        assert first.is_leader and first._thread is not None and first._thread.is_alive()
+    finally:
+        first.stop()
+        other.stop()
+        drop()

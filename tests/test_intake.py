@@ -93,6 +93,9 @@ def test_intake_acknowledges_and_serve_applies(
         bad = intake.send(b'{"action": "opened", "pull_request": []}', delivery="m1")
         assert bad.status_code == 400 and "pull_request" in bad.text
         assert httpx.get(intake.url + "/api/previews", timeout=5).status_code == 404  # only webhooks here
+        too_big = intake.send(b"{" + b" " * (5 * 1024 * 1024 + 10) + b"}", delivery="b1")
+        assert too_big.status_code == 413 and "larger than" in too_big.json()["error"]
+        assert httpx.get(intake.url + "/webhooks/github", timeout=5).status_code == 405  # POST only
         started = time.monotonic()
         acknowledged = intake.send(pr_payload(sha="1" * 40), delivery="d1")
         assert acknowledged.status_code == 202 and acknowledged.json()["status"] == "queued"

@@ -12,10 +12,11 @@ Typed errors become HTTP status codes here and nowhere else.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -52,6 +53,7 @@ from devstack.groupcommit import GroupCommitter
 from devstack.journal import Delivery, Journal
 from devstack.journal.backend import JournalUnavailable
 from devstack.log import bind
+from devstack.metrics import Metrics
 from devstack.planner import NEVER
 from devstack.providers import Ignored, WebhookProvider, github, gitlab
 from devstack.runtime import Runtime, api_tokens, log_webhook_providers, webhook_secrets
@@ -460,24 +462,41 @@ def install_webhooks(app: FastAPI, settings: Settings) -> None:
 
 
 async def _receive(request: Request, *, provider: WebhookProvider, settings: Settings) -> JSONResponse:
-    """One delivery: check its headers, read the body (capped), verify, identify, parse, journal, answer."""
-    runtime: Runtime = request.app.state.runtime
+    """One delivery through FastAPI: :func:`accept` with the request's headers and capped body."""
+    status, answer = await accept(request.app.state, provider=provider, settings=settings, headers=request.headers,
+                                  read_body=lambda limit: _read_body(request, limit=limit))
+    return JSONResponse(answer, status_code=status)
+
+
+async def accept(
+    state: Any, *, provider: WebhookProvider, settings: Settings, headers: Mapping[str, str],
+    read_body: Callable[[int], Awaitable[bytes]], inline_below: int = 0,
+) -> tuple[int, dict[str, Any]]:
+    """One delivery: check its headers, read the body (capped), verify, identify, parse, journal; the
+    answer's status and body. Framework-free (``state``: an app's state: ``runtime``, ``webhook_secrets``,
+    ``decoder``, ``committer``, optionally ``doorbell``), so ``devstack intake`` serves it without FastAPI's
+    layers. Refusals are raised (:class:`WebhookError`, :class:`JournalUnavailable`). ``inline_below``: a
+    body smaller than this is verified and parsed on the event loop itself (a process that only takes
+    webhooks spares the thread hop; tens of microseconds for a typical delivery)."""
+    runtime: Runtime = state.runtime
     journal = runtime.journal
-    secrets = request.app.state.webhook_secrets[provider.name]
+    secrets = state.webhook_secrets[provider.name]
     if not secrets:
         raise ProviderOff(f"webhooks from {provider.name} are off: providers.{provider.name}.webhook_secrets "
                           "is not configured")
-    provider.precheck(headers=request.headers, secrets=secrets)  # before a byte of the body is read
-    body = await _read_body(request, limit=settings.security.max_body_bytes)
+    provider.precheck(headers=headers, secrets=secrets)  # before a byte of the body is read
+    body = await read_body(settings.security.max_body_bytes)
     # The signature check and JSON parsing cost milliseconds per MB: in a worker thread, off the loop
     # (and a large body's JSON in a child process: json.loads holds the GIL, see devstack.decode).
-    event_name, delivery_id, result = await run_in_threadpool(
-        _verified, provider, decoder=request.app.state.decoder, headers=request.headers, body=body, secrets=secrets,
-        received_at=datetime.now(UTC))
+    verify = functools.partial(_verified, provider, decoder=state.decoder, headers=headers, body=body,
+                               secrets=secrets, received_at=datetime.now(UTC))
+    event_name, delivery_id, result = verify() if len(body) < inline_below else await run_in_threadpool(verify)
     with bind(delivery=delivery_id, provider=provider.name):
         if result is None:
             runtime.metrics.deliveries.labels(provider.name, "ping").inc()
-            return JSONResponse({"status": "pong", "delivery": delivery_id}, status_code=200)
+            return 200, {"status": "pong", "delivery": delivery_id}
+        if isinstance(result, CheckEvent) and not settings.gated(provider=provider.name, repo=result.repo):
+            result = Ignored(reason="no service of this repository has a gate")
         if isinstance(result, Ignored):
             await run_in_threadpool(
                 journal.record, delivery_id=delivery_id, provider=provider.name, event=event_name,
@@ -485,15 +504,7 @@ async def _receive(request: Request, *, provider: WebhookProvider, settings: Set
             )
             logger.info("ignored %s: %s", event_name, result.reason)
             runtime.metrics.deliveries.labels(provider.name, "ignored").inc()
-            return JSONResponse({"status": "ignored", "reason": result.reason, "delivery": delivery_id})
-        if isinstance(result, CheckEvent) and not settings.gated(provider=provider.name, repo=result.repo):
-            result = Ignored(reason="no service of this repository has a gate")
-            await run_in_threadpool(
-                journal.record, delivery_id=delivery_id, provider=provider.name, event=event_name,
-                ignored=result.reason,
-            )
-            runtime.metrics.deliveries.labels(provider.name, "ignored").inc()
-            return JSONResponse({"status": "ignored", "reason": result.reason, "delivery": delivery_id})
+            return 200, {"status": "ignored", "reason": result.reason, "delivery": delivery_id}
         with bind(repo=result.repo, pr=getattr(result, "number", None)):
             if isinstance(result, CommentEvent) and not result.head_sha:
                 # What `/devstack approve` approves: the head as devstack knows it now, not later.
@@ -505,20 +516,33 @@ async def _receive(request: Request, *, provider: WebhookProvider, settings: Set
                 )
                 logger.warning("ignored: repository %s is not in security.repos", result.repo)
                 runtime.metrics.deliveries.labels(provider.name, "not_allowed").inc()
-                return JSONResponse({"status": "ignored", "reason": "repository not allowed", "delivery": delivery_id})
-            new = await request.app.state.committer.record({
+                return 200, {"status": "ignored", "reason": "repository not allowed", "delivery": delivery_id}
+            new = await state.committer.record({
                 "delivery_id": delivery_id, "provider": provider.name, "event": event_name, "pr": result.key,
                 "payload": result.to_json(), "queue": _queue(result)})
-            doorbell = getattr(request.app.state, "doorbell", None)
+            doorbell = getattr(state, "doorbell", None)
             if new and doorbell is not None:  # devstack intake: wake the worker of devstack serve now
                 ring(doorbell, _queue(result))
             if not new:
                 logger.info("duplicate delivery; already recorded")
                 runtime.metrics.deliveries.labels(provider.name, "duplicate").inc()
-                return JSONResponse({"status": "duplicate", "delivery": delivery_id})
+                return 200, {"status": "duplicate", "delivery": delivery_id}
             logger.info("queued %s %s", event_name, getattr(result, "action", ""))
             runtime.metrics.deliveries.labels(provider.name, "queued").inc()
-            return JSONResponse({"status": "queued", "delivery": delivery_id}, status_code=202)
+            return 202, {"status": "queued", "delivery": delivery_id}
+
+
+def refusal(exc: Exception, *, provider: str, metrics: Metrics) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """The answer to a refused delivery (status, body, headers): what the exception handlers of
+    :func:`install_webhooks` answer, for callers without them (the intake's fast path)."""
+    if isinstance(exc, JournalUnavailable):
+        logger.error("journal unavailable: %s", exc)
+        return 503, {"error": f"journal unavailable: {exc}"}, {"Retry-After": "5"}
+    assert isinstance(exc, WebhookError)
+    status = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 400)
+    logger.warning("webhook refused (%d): %s", status, exc)
+    metrics.rejected.labels(provider, type(exc).__name__).inc()
+    return status, {"error": str(exc)}, {}
 
 
 async def _read_body(request: Request, *, limit: int) -> bytes:

@@ -81,7 +81,10 @@ class AdvisoryLockElector:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.try_once()
+            try:
+                self.try_once()
+            except Exception:  # never let the contention thread die: it would leave nobody leading
+                logger.exception("leadership: unexpected error; trying again")
             self._stop.wait(self._retry)
 
     def try_once(self) -> bool:
@@ -101,7 +104,13 @@ class AdvisoryLockElector:
                 if row and row[0]:
                     self._leading = True
                     logger.info("leading: this process holds the journal's leader lock (%s)", self._identity)
-                    self._started()
+                    try:
+                        self._started()
+                    except Exception as exc:  # noqa: BLE001 - e.g. the journal's own session was cut meanwhile
+                        logger.warning("could not start leading (%s); the lock is released, trying again", exc)
+                        self._leading = False
+                        self._stopped()
+                        self._close()  # ends the session: the lock is free for whoever tries next
                 return self._leading
             except psycopg.Error as exc:
                 self._close()
