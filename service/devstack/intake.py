@@ -64,7 +64,7 @@ def create_intake_app(settings: Settings) -> FastAPI:
             app.state.decoder.close()
 
     app = FastAPI(title="devstack intake", version=__version__, lifespan=lifespan)
-    app.add_middleware(FastWebhooks, settings=settings)  # outermost: webhooks skip FastAPI's layers
+    app.add_middleware(FastWebhooks, settings=settings)  # webhooks skip FastAPI's routing and handlers
     app.add_middleware(BodyLimit, limit=lambda path: settings.security.max_body_bytes)
     install_webhooks(app, settings)
 
