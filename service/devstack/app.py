@@ -464,7 +464,7 @@ def install_webhooks(app: FastAPI, settings: Settings) -> None:
 async def _receive(request: Request, *, provider: WebhookProvider, settings: Settings) -> JSONResponse:
     """One delivery through FastAPI: :func:`accept` with the request's headers and capped body."""
     status, answer = await accept(request.app.state, provider=provider, settings=settings, headers=request.headers,
-                                  read_body=lambda limit: _read_body(request, limit=limit))
+                                  read_body=lambda limit: capped_body(request, limit=limit))
     return JSONResponse(answer, status_code=status)
 
 
@@ -545,7 +545,8 @@ def refusal(exc: Exception, *, provider: str, metrics: Metrics) -> tuple[int, di
     return status, {"error": str(exc)}, {}
 
 
-async def _read_body(request: Request, *, limit: int) -> bytes:
+async def capped_body(request: Request, *, limit: int) -> bytes:
+    """A delivery's body, refused (413) past ``limit`` whatever Content-Length says."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:

@@ -111,15 +111,15 @@ class GateKeeper:
     def probe_images(self) -> int:
         """Probe the images of the waiting heads whose next probe is due; returns how many heads were probed."""
         now = self._journal.now()
-        due = [h for h in self._journal.gate_heads(state="waiting")
-               if h.images and h.next_probe_at <= now and set(h.images) - self._journal.images_found(h.images)]
-        for head in due:
+        heads = [h for h in self._journal.gate_heads(state="waiting") if h.images and h.next_probe_at <= now]
+        found = self._journal.images_found(ref for h in heads for ref in h.images)  # one query for all
+        due = [(head, sorted(set(head.images) - found)) for head in heads if set(head.images) - found]
+        for head, missing in due:
             with bind(pr=head.pr):
-                self._probe(head, now=now)
+                self._probe(head, missing=missing, now=now)
         return len(due)
 
-    def _probe(self, head: GateHead, *, now: float) -> None:
-        missing = sorted(set(head.images) - self._journal.images_found(head.images))
+    def _probe(self, head: GateHead, *, missing: list[str], now: float) -> None:
         for ref in missing:
             try:
                 present = self._registry.exists(ref)

@@ -23,12 +23,19 @@ from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import generate_latest
-from starlette.datastructures import Headers
 
 from devstack import __version__, doorbell
-from devstack.app import BodyLimit, accept, install_webhooks, open_webhook_state, refusal, webhook_providers
+from devstack.app import (
+    BodyLimit,
+    accept,
+    capped_body,
+    install_webhooks,
+    open_webhook_state,
+    refusal,
+    webhook_providers,
+)
 from devstack.catalog import Settings
-from devstack.errors import BadPayload, PayloadTooLarge, WebhookError
+from devstack.errors import WebhookError
 from devstack.journal import Journal
 from devstack.journal.backend import JournalUnavailable
 from devstack.metrics import Metrics
@@ -107,34 +114,13 @@ class FastWebhooks:
             await self.app(scope, receive, send)
             return
         state = scope["app"].state
-        headers = Headers(scope=scope)
-
-        async def read_body(limit: int) -> bytes:
-            declared = headers.get("content-length")
-            if declared is not None:
-                try:
-                    if int(declared) > limit:
-                        raise PayloadTooLarge(f"body is larger than {limit} bytes")
-                except ValueError:
-                    raise BadPayload("invalid Content-Length header") from None
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise BadPayload("the client went away before the body was read")
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"body is larger than {limit} bytes")
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    return b"".join(chunks)
+        request = Request(scope, receive)  # only its headers and body stream: the same capped read as serve
 
         extra: dict[str, str] = {}
         try:
-            status, answer = await accept(state, provider=provider, settings=self._settings, headers=headers,
-                                          read_body=read_body, inline_below=INLINE_BELOW)
+            status, answer = await accept(state, provider=provider, settings=self._settings, headers=request.headers,
+                                          read_body=lambda limit: capped_body(request, limit=limit),
+                                          inline_below=INLINE_BELOW)
         except (WebhookError, JournalUnavailable) as exc:
             status, answer, extra = refusal(exc, provider=provider.name, metrics=state.runtime.metrics)
         body = json.dumps(answer, separators=(",", ":")).encode()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,18 @@ class _Base:
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return self._backend.query(sql, params)
+
+    def _present(self, table: str, column: str, values: Iterable[str]) -> set[str]:
+        """Which of ``values`` are in ``table.column`` (``table`` and ``column`` are this module's names,
+        never input), asked 500 at a time."""
+        wanted = sorted(set(values))
+        found: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            part = wanted[start:start + 500]
+            marks = ",".join("?" * len(part))  # placeholders only: the values are bound
+            rows = self._query(f"SELECT {column} FROM {table} WHERE {column} IN ({marks})", part)  # noqa: S608
+            found.update(row[column] for row in rows)
+        return found
 
     def now(self) -> float:
         return self._clock()

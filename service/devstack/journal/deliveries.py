@@ -56,22 +56,9 @@ class _Deliveries(_Base):
         return results
 
     def record_many(self, items: Sequence[Mapping[str, str]], *, queue: str = "git") -> int:
-        """Record many deliveries (``delivery_id``, ``provider``, ``event``, ``pr``, ``payload``) in one
-        transaction; returns how many were new. For devstack's own passes (reaper, resync)."""
-        now = self._clock()
-        with self._tx() as db:
-            new = 0
-            for item in items:
-                cursor = db.execute(
-                    "INSERT OR IGNORE INTO deliveries (delivery_id, provider, event, pr, payload, status, queue,"
-                    " received_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
-                    (item["delivery_id"], item["provider"], item["event"], item.get("pr", ""), item["payload"],
-                     queue, now),
-                )
-                new += cursor.rowcount
-        if new:
-            self.signal(queue)
-        return new
+        """Record many deliveries (``delivery_id``, ``provider``, ``event``, ``pr``, ``payload``) into
+        ``queue`` in one transaction; returns how many were new. For devstack's own passes (reaper, resync)."""
+        return sum(self.record_group([{**item, "queue": queue} for item in items]))
 
     def last_seq(self) -> int:
         """The sequence number of the newest delivery (0 when there is none): a clock for "newer than"."""

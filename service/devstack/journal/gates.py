@@ -122,14 +122,7 @@ class _Gates(_Base):
     # --- images ----------------------------------------------------------------------------------
 
     def images_found(self, refs: Iterable[str]) -> set[str]:
-        wanted = sorted(set(refs))
-        found: set[str] = set()
-        for start in range(0, len(wanted), 500):
-            part = wanted[start:start + 500]
-            marks = ",".join("?" * len(part))  # placeholders only: the values are bound
-            rows = self._query(f"SELECT ref FROM images WHERE ref IN ({marks})", part)  # noqa: S608
-            found.update(row["ref"] for row in rows)
-        return found
+        return self._present("images", "ref", refs)
 
     def image_found(self, ref: str) -> None:
         with self._tx() as db:

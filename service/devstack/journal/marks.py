@@ -81,13 +81,7 @@ class _Marks(_Base):
 
     def known_deliveries(self, ids: Sequence[str]) -> set[str]:
         """Which of these delivery ids the journal has (acknowledged: pending, done, ignored or dead)."""
-        known: set[str] = set()
-        for start in range(0, len(ids), 500):
-            part = list(ids[start:start + 500])
-            marks = ",".join("?" * len(part))  # placeholders only: the values are bound
-            rows = self._query(f"SELECT delivery_id FROM deliveries WHERE delivery_id IN ({marks})", part)  # noqa: S608
-            known.update(row["delivery_id"] for row in rows)
-        return known
+        return self._present("deliveries", "delivery_id", ids)
 
     def redeliveries_since(self, since: float) -> set[str]:
         """The guids devstack asked GitHub to redeliver since ``since``."""
