@@ -24,7 +24,9 @@ from bench import loadgen
 from bench.harness import (
     Env,
     Figure,
+    JournalKind,
     Target,
+    journal_settings,
     make_remote,
     percentile,
     pr_payload,
@@ -52,6 +54,7 @@ class AckParams:
     p99_target_ms: float = 25.0
     cpu_target_ms: float = 1.5  # server CPU per acknowledged request (issue 19)
     intake: bool = False  # acknowledge in `devstack intake` (its own process), the worker in `devstack serve`
+    journal: JournalKind = "sqlite"  # or a PostgreSQL server started for the scenario (journal.url)
 
 
 def _requests(url: str, count: int, *, prs: int, offset: int) -> list[loadgen.Request]:
@@ -86,9 +89,11 @@ def run(env: Env, params: AckParams) -> list[Figure]:
     total = int(params.rate * params.duration)
     say(f"[ack] baseline: a trivial HTTP server, {params.rate:.0f} req/s for {params.baseline_duration:.0f} s")
     floor = _baseline(env, params, work)
-    scenario = INTAKE_NAME if params.intake else NAME
-    data = settings_data(state_dir=work / "state", remote=remote)
-    with server(env, workdir=work, settings=data) as worker, contextlib.ExitStack() as stack:
+    scenario = (INTAKE_NAME if params.intake else NAME) + (", PostgreSQL" if params.journal == "postgresql" else "")
+    with contextlib.ExitStack() as stack:
+        data = settings_data(state_dir=work / "state", remote=remote,
+                             journal=stack.enter_context(journal_settings(env, params.journal)))
+        worker = stack.enter_context(server(env, workdir=work, settings=data))
         srv = (stack.enter_context(server(env, workdir=work, settings=data, command="intake",
                                           config_name="intake.yaml")) if params.intake else worker)
         url = srv.url + "/webhooks/github"

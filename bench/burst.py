@@ -10,6 +10,7 @@ per event, in a clone of an identical bare remote.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,9 +20,11 @@ from bench import entries_gen, loadgen
 from bench.harness import (
     Env,
     Figure,
+    JournalKind,
     PlainGit,
     Target,
     commit_count,
+    journal_settings,
     make_remote,
     pr_payload,
     remote_entries,
@@ -42,6 +45,8 @@ class BurstParams:
     events_per_pr: int = 5
     connections: int = 16
     speedup_target: float = 10.0
+    intake: bool = False  # deliveries to `devstack intake` (its own process), the worker in `devstack serve`
+    journal: JournalKind = "sqlite"  # or a PostgreSQL server started for the scenario (journal.url)
 
 
 def _branch(number: int) -> str:
@@ -62,8 +67,15 @@ def run(env: Env, params: BurstParams) -> list[Figure]:
     work = env.root / "devstack"
     remote = make_remote(env, work / "gitops.git")
     before = commit_count(env, remote)
-    with server(env, workdir=work, settings=settings_data(state_dir=work / "state", remote=remote)) as srv:
-        url = srv.url + "/webhooks/github"
+    scenario = NAME + (", intake process" if params.intake else "") + (
+        ", PostgreSQL" if params.journal == "postgresql" else "")
+    with contextlib.ExitStack() as stack:
+        data = settings_data(state_dir=work / "state", remote=remote,
+                             journal=stack.enter_context(journal_settings(env, params.journal)))
+        srv = stack.enter_context(server(env, workdir=work, settings=data))
+        front = (stack.enter_context(server(env, workdir=work, settings=data, command="intake",
+                                            config_name="intake.yaml")) if params.intake else srv)
+        url = front.url + "/webhooks/github"
         rounds = [  # round e holds event e of every PR: one PR's events stay in order
             [
                 loadgen.prepare(url, **_delivery(n, shas[n, e], action="opened" if e == 0 else "synchronize"))
@@ -101,13 +113,13 @@ def run(env: Env, params: BurstParams) -> list[Figure]:
     plain_seconds = time.monotonic() - plain_started
 
     return [
-        Figure(scenario=NAME, name=f"{total} events over {params.prs} PRs: all pushed", value=devstack_seconds,
+        Figure(scenario=scenario, name=f"{total} events over {params.prs} PRs: all pushed", value=devstack_seconds,
                unit="s", baseline=plain_seconds, ratio=plain_seconds / devstack_seconds, ratio_of="git / devstack",
                target=Target(op=">=", value=params.speedup_target, on="ratio"),
                note=f"plain git: one commit+push per event, {total} in a row"),
-        Figure(scenario=NAME, name="of which sending (all acknowledged)", value=acked - started, unit="s"),
-        Figure(scenario=NAME, name="commits", value=float(commits), unit="", baseline=float(total),
+        Figure(scenario=scenario, name="of which sending (all acknowledged)", value=acked - started, unit="s"),
+        Figure(scenario=scenario, name="commits", value=float(commits), unit="", baseline=float(total),
                ratio=total / commits if commits else None, ratio_of="git / devstack"),
-        Figure(scenario=NAME, name="entries not at their PR's last sha", value=float(wrong), unit="",
+        Figure(scenario=scenario, name="entries not at their PR's last sha", value=float(wrong), unit="",
                target=Target(op="==", value=0), note=f"{len(files)} entry files on the remote"),
     ]

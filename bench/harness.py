@@ -456,6 +456,7 @@ class Server:
     log: Path
     started_at: float
     ready_after: float = 0.0
+    journal_url: str = ""  # the PostgreSQL journal (``journal.url``); empty: the SQLite file in state_dir
 
     @property
     def pid(self) -> int:
@@ -471,6 +472,11 @@ class Server:
         return {str(row[0]) for row in self._journal("SELECT delivery_id FROM deliveries")}
 
     def _journal(self, sql: str) -> list[tuple[Any, ...]]:
+        if self.journal_url:
+            import psycopg
+
+            with psycopg.connect(self.journal_url, connect_timeout=10) as conn:
+                return list(conn.execute(sql).fetchall())
         db = sqlite3.connect(str(self.state_dir / "journal.sqlite3"), timeout=30)
         try:
             return db.execute(sql).fetchall()
@@ -534,7 +540,7 @@ def server(
             stdout=out, stderr=subprocess.STDOUT, env=env.vars, cwd=workdir,
         )
     running = Server(proc=proc, url=f"http://127.0.0.1:{port}", state_dir=Path(settings["state_dir"]), log=log,
-                     started_at=started)
+                     started_at=started, journal_url=settings.get("journal", {}).get("url", ""))
     try:
         with httpx.Client(timeout=5) as client:
 
@@ -565,6 +571,29 @@ def wait_drained(srv: Server, *, expected_done: int, timeout: float) -> float:
         return counts["pending"] == 0 and counts["done"] >= expected_done
 
     return wait_until(drained, timeout=timeout, what=f"{expected_done} deliveries to be done", interval=0.01)
+
+
+JournalKind = Literal["sqlite", "postgresql"]
+
+
+@contextmanager
+def journal_settings(env: Env, kind: JournalKind) -> Iterator[dict[str, Any]]:
+    """The ``journal:`` settings of a scenario: ``{}`` (SQLite in state_dir), or a throwaway PostgreSQL
+    server started for the scenario (initdb in the scratch directory, loopback, ``fsync=off``, the same
+    server the test suite runs: :func:`tests.hook_helpers.running_postgres`) and a database on it."""
+    if kind == "sqlite":
+        yield {}
+        return
+    import pytest
+    from tests.hook_helpers import running_postgres
+
+    try:
+        with running_postgres(env.root / "postgresql") as pg:
+            with pg.superconnect() as conn:
+                conn.execute("CREATE DATABASE bench_journal")
+            yield {"url": f"postgresql://{pg.superuser}:{pg.superpassword}@{pg.host}:{pg.port}/bench_journal"}
+    except (pytest.skip.Exception, pytest.fail.Exception) as exc:  # the helper speaks pytest; the bench does not
+        raise BenchError(f"no PostgreSQL for the journal: {exc}") from None
 
 
 @contextmanager

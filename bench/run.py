@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import ack, burst, comment, scale, single, sleep
-from bench.harness import Env, Figure, error_figure, load_average, machine, table
+from bench.harness import Env, Figure, JournalKind, error_figure, load_average, machine, table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -59,12 +59,21 @@ QUICK = Plan(
 )
 
 
+INTAKE_BURST_TARGET = 20.0  # issue 19: through devstack intake, on either journal
+
+
 def scenarios(plan: Plan) -> dict[str, Callable[[Env], list[Figure]]]:
+    def intake_burst(journal: JournalKind) -> burst.BurstParams:
+        return dataclasses.replace(plan.burst, intake=True, journal=journal, speedup_target=INTAKE_BURST_TARGET)
+
     return {
         "ack": lambda env: ack.run(env, plan.ack),
         "intake": lambda env: ack.run(env, dataclasses.replace(plan.ack, intake=True)),
+        "intake-pg": lambda env: ack.run(env, dataclasses.replace(plan.ack, intake=True, journal="postgresql")),
         "single": lambda env: single.run(env, plan.single),
         "burst": lambda env: burst.run(env, plan.burst),
+        "burst-intake": lambda env: burst.run(env, intake_burst("sqlite")),
+        "burst-intake-pg": lambda env: burst.run(env, intake_burst("postgresql")),
         "comment": lambda env: comment.run(env, plan.comment),
         "scale": lambda env: scale.run(env, plan.scale),
         "sleep": lambda env: sleep.run(env, plan.sleep),
@@ -74,8 +83,7 @@ def scenarios(plan: Plan) -> dict[str, Callable[[Env], list[Figure]]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes: a smoke run under a minute")
-    parser.add_argument("--only", nargs="+", choices=["ack", "intake", "single", "burst", "comment", "scale", "sleep"],
-                        help="run only these scenarios")
+    parser.add_argument("--only", nargs="+", choices=list(scenarios(FULL)), help="run only these scenarios")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, repos)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"where to write the JSON (default {RESULTS})")
     args = parser.parse_args(argv)

@@ -24,6 +24,7 @@ from devstack.feedback import FeedbackSender, feedback_to_dict
 from devstack.gatekeeper import GateKeeper, waiting_gates
 from devstack.gitops import CommitResult, GitStore
 from devstack.journal import Journal
+from devstack.journal.backend import Notifications
 from devstack.leadership import AdvisoryLockElector
 from devstack.loops import run_periodically
 from devstack.metrics import FeedbackCollector, Metrics, StateCollector
@@ -203,6 +204,7 @@ class Runtime:
     gatekeeper: GateKeeper | None = None
     redeliverer: Redeliverer | None = None
     doorbell: Listener | None = None
+    notifications: Notifications | None = None  # a PostgreSQL journal's doorbell (LISTEN)
     usage: UsageCache = field(default_factory=UsageCache)
     elector: cluster.LeaderElector | AdvisoryLockElector | None = None
     refresher: cluster.ApplicationSetRefresher | None = None
@@ -287,10 +289,13 @@ class Runtime:
 
     def start(self) -> None:
         """Start working: at once, or when this replica wins the Lease (or the journal's leader lock).
-        On a SQLite journal, ``devstack intake`` processes of this host ring the doorbell in state_dir."""
+        On a SQLite journal, ``devstack intake`` processes of this host ring the doorbell in state_dir; on
+        PostgreSQL, whatever another process journals is announced with ``NOTIFY`` (``Journal.listen``)."""
         if not self.settings.journal.url and self.doorbell is None:
             listener = Listener(doorbell_path(self.settings.state_dir), self.journal.signal)
             self.doorbell = listener if listener.start() else None
+        if self.settings.journal.url and self.notifications is None:
+            self.notifications = self.journal.listen()
         if self.elector is not None:
             self.elector.start()
         else:
@@ -374,6 +379,8 @@ class Runtime:
     def close(self, *, timeout: float = 30.0) -> None:
         if self.doorbell is not None:
             self.doorbell.close()
+        if self.notifications is not None:
+            self.notifications.close()
         if self.elector is not None:
             self.elector.stop(release=True)  # stops the loops, then hands the Lease over at once
         self.stop_loops(timeout)

@@ -14,10 +14,11 @@ processes opening one journal apply each migration once.
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -28,6 +29,8 @@ from devstack.errors import ConfigError, TemporaryError
 
 _BUSY_TIMEOUT = 30.0  # seconds a SQLite writer waits for another process's write lock
 _LOCK_KEY = 0x64657673  # "devs": the advisory lock every write transaction of a PostgreSQL journal takes
+CHANNEL = "devstack_journal"  # PostgreSQL's NOTIFY channel: new work, the payload names its queue
+logger = logging.getLogger(__name__)
 
 
 class JournalUnavailable(TemporaryError):
@@ -147,6 +150,9 @@ class SQLiteBackend:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
+    def announce(self, db: Connection, queues: Iterable[str]) -> None:
+        """Nothing to do: on one host, ``devstack intake`` rings the doorbell (:mod:`devstack.doorbell`)."""
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -258,10 +264,70 @@ class PostgresBackend:
             except self._psycopg.OperationalError as exc:
                 raise JournalUnavailable(f"journal database: {_short(exc)}") from None
 
+    def announce(self, db: Connection, queues: Iterable[str]) -> None:
+        """Tell every process listening on the journal (:meth:`listen`) that ``queues`` have new work:
+        a ``NOTIFY`` inside the transaction, delivered when it commits (never for a rolled-back one)."""
+        for queue in sorted(set(queues)):
+            db.execute("SELECT pg_notify(?, ?)", (CHANNEL, queue))
+
+    def listen(self, on_notify: Callable[[str], None]) -> Notifications:
+        """Call ``on_notify(queue)`` for every :meth:`announce` of any process, from a thread of its own."""
+        notifications = Notifications(url=self._url, on_notify=on_notify, psycopg=self._psycopg)
+        notifications.start()
+        return notifications
+
     def close(self) -> None:
         with self._lock:
             if self._connection is not None:
                 self._connection.close()
+
+
+class Notifications:
+    """``LISTEN`` on the journal's channel in a connection and a thread of their own (the doorbell of a
+    PostgreSQL journal: a delivery acknowledged by another replica or a ``devstack intake`` process wakes
+    the worker at once instead of at its next poll). A lost connection is retried every few seconds;
+    after reconnecting every queue is woken once, for what was announced meanwhile."""
+
+    RETRY = (0.5, 5.0)  # seconds before reconnecting: first, most
+
+    def __init__(self, *, url: str, on_notify: Callable[[str], None], psycopg: Any) -> None:
+        self._url = url
+        self._on_notify = on_notify
+        self._psycopg = psycopg
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="devstack-journal-listen", daemon=True)
+        self.listening = threading.Event()  # set while LISTEN is in effect (tests wait for it)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        delay, first = self.RETRY[0], True
+        while not self._stop.is_set():
+            try:
+                with self._psycopg.connect(self._url, autocommit=True, connect_timeout=5) as connection:
+                    connection.execute(f"LISTEN {CHANNEL}")
+                    self.listening.set()
+                    if not first:  # announcements made while we were not listening are lost: look once
+                        for queue in ("git", "comments", "checks"):
+                            self._on_notify(queue)
+                    first, delay = False, self.RETRY[0]
+                    while not self._stop.is_set():
+                        for notify in connection.notifies(timeout=1.0):
+                            self._on_notify(notify.payload)
+            except self._psycopg.Error as exc:
+                self.listening.clear()
+                if self._stop.is_set():
+                    return
+                logger.warning("journal notifications: %s; listening again in %.1f s", _short(exc), delay)
+                first = False
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.RETRY[1])
+
+    def close(self) -> None:
+        """Stop listening (within the 1 s the listening thread waits at a time)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def _short(exc: BaseException) -> str:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from devstack.journal.backend import Connection, open_backend
+from devstack.journal.backend import Connection, Notifications, PostgresBackend, open_backend
 from devstack.journal.model import DEFAULT_LEASE, new_owner
 
 
@@ -42,6 +42,18 @@ class _Base:
         signalled = event.wait(timeout)
         event.clear()
         return signalled
+
+    def _announce(self, db: Connection, queues: Iterable[str]) -> None:
+        """New work on ``queues``, inside the transaction that journals it: other processes on a PostgreSQL
+        journal hear of it when it commits (:meth:`listen`). This process is woken by :meth:`signal`."""
+        self._backend.announce(db, queues)
+
+    def listen(self) -> Notifications | None:
+        """Wake this process's loops when another process journals work (a PostgreSQL journal's ``NOTIFY``;
+        None on SQLite, where the doorbell does it). Close the result to stop."""
+        if isinstance(self._backend, PostgresBackend):
+            return self._backend.listen(self.signal)
+        return None
 
     def wake_all(self) -> None:
         for event in self._signals.values():

@@ -33,6 +33,8 @@ class _Deliveries(_Base):
                 (delivery_id, provider, event, pr, payload, status, queue, ignored, self._clock()),
             )
             new = cursor.rowcount == 1
+            if new and not ignored:
+                self._announce(db, [queue])
         if new and not ignored:
             self.signal(queue)
         return new
@@ -51,7 +53,9 @@ class _Deliveries(_Base):
                      item.get("queue", "git"), now),
                 )
                 results.append(cursor.rowcount == 1)
-        for queue in {item.get("queue", "git") for item, new in zip(items, results, strict=True) if new}:
+            queues = {item.get("queue", "git") for item, new in zip(items, results, strict=True) if new}
+            self._announce(db, queues)
+        for queue in queues:
             self.signal(queue)
         return results
 
@@ -93,6 +97,8 @@ class _Deliveries(_Base):
                     (item["delivery_id"], item["provider"], item["event"], pr, item["payload"], queue, now),
                 )
                 new += cursor.rowcount
+            if new:
+                self._announce(db, [queue])
         if new:
             self.signal(queue)
         return skipped
