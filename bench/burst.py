@@ -92,6 +92,7 @@ def run(env: Env, params: BurstParams) -> list[Figure]:
             raise RuntimeError(f"{len(refused)} of {total} deliveries were not acknowledged with 202: "
                                f"{refused[0].error or refused[0].status}")
         done = wait_drained(srv, expected_done=total, timeout=300)
+        memory = srv.memory_mb()
     devstack_seconds = done - started
     commits = commit_count(env, remote) - before
     files = remote_entries(env, remote)
@@ -122,4 +123,6 @@ def run(env: Env, params: BurstParams) -> list[Figure]:
                ratio=total / commits if commits else None, ratio_of="git / devstack"),
         Figure(scenario=scenario, name="entries not at their PR's last sha", value=float(wrong), unit="",
                target=Target(op="==", value=0), note=f"{len(files)} entry files on the remote"),
+        Figure(scenario=scenario, name="devstack serve peak RSS", value=memory.get("VmHWM"), unit="MB",
+               note="the process that applies the burst (its worker takes up to worker.batch_size deliveries at once)"),
     ]

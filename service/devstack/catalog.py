@@ -341,7 +341,7 @@ class JournalSettings(_Model):
 
 
 class WorkerSettings(_Model):
-    batch_size: int = Field(200, ge=1, le=10_000)
+    batch_size: int = Field(1000, ge=1, le=10_000)
     poll_interval: float = Field(0.2, gt=0)
     max_attempts: int = Field(20, ge=1, description="comment commands only: git deliveries never dead-letter "
                                                      "on a transient failure")
@@ -351,6 +351,8 @@ class WorkerSettings(_Model):
     claim_lease: float = Field(300.0, gt=0, description="seconds a process's claim on the rows it applies lasts")
     refresh_interval: float = Field(5.0, gt=0, description="when idle, fetch the GitOps remote this often to see "
                                                            "what other writers (the CLI) pushed")
+    nice: int = Field(10, ge=0, le=19, description="nice steps the background loops (and the git they run) give "
+                                                   "way to acknowledging webhooks; 0: same priority")
 
 
 class FeedbackSettings(_Model):

@@ -44,9 +44,10 @@ def _fast_validator() -> jsonschema_rs.Draft202012Validator:
 def validate(feature: str, elements: list[Element], *, fast: bool = False) -> None:
     """Raise :class:`InvalidEntry` unless ``elements`` is a valid entry file for ``feature``.
 
-    ``fast``: check the schema with jsonschema-rs first (about a hundred times faster, for reading
-    every entry file of the repo); jsonschema runs only when that fails, for the message. Without it
-    (what is about to be committed) jsonschema decides."""
+    ``fast``: check the schema with jsonschema-rs first (about a hundred times faster); jsonschema runs
+    only when that fails, for the message (and decides: a file either accepts is valid). The worker
+    checks what it is about to commit this way, the same check that reading the repo applies, so what
+    devstack writes it can always read back. Without it jsonschema alone decides."""
     if fast and _fast_validator().is_valid(elements):
         errors = []
     else:

@@ -689,13 +689,16 @@ class GitStore:
         repo = self._r
         try:
             paths: list[str] = []
+            folders: set[Path] = set()
             for feature, data in sorted(effective.items()):
                 rel = self._rel(feature)
                 target = self._workdir / rel
                 if data is None:
                     target.unlink(missing_ok=True)
                 else:
-                    target.parent.mkdir(parents=True, exist_ok=True)
+                    if target.parent not in folders:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        folders.add(target.parent)
                     target.write_bytes(data)
                 paths.append(rel)
             self._stage(paths)

@@ -7,12 +7,42 @@ stop event is set.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 
 from devstack.errors import TemporaryError
 
 logger = logging.getLogger(__name__)
+
+
+def lower_priority(by: int) -> int | None:
+    """Lower the CPU priority of the calling thread by ``by`` nice steps (at most to 19); its new nice
+    value, or None where that is not possible (not Linux, a sandbox refusing it: logged, never fatal).
+
+    On Linux the nice value belongs to the thread, and the processes it starts (git) inherit it: the
+    background loops yield the CPU to acknowledging webhooks and answering the API whenever both want
+    it, and take all of it when nobody else does. Raising the value needs no privilege."""
+    if by <= 0:
+        return None
+    try:
+        tid = threading.get_native_id()
+        value = min(19, os.getpriority(os.PRIO_PROCESS, tid) + by)
+        os.setpriority(os.PRIO_PROCESS, tid, value)
+    except (OSError, AttributeError) as exc:
+        logger.debug("could not lower the priority of %s: %s", threading.current_thread().name, exc)
+        return None
+    return value
+
+
+def in_background(run: Callable[[], object], *, nice: int) -> Callable[[], None]:
+    """``run`` in a thread whose priority is lowered by ``nice`` first (:func:`lower_priority`)."""
+
+    def target() -> None:
+        lower_priority(nice)
+        run()
+
+    return target
 
 
 def drain_forever(

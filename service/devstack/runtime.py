@@ -26,7 +26,7 @@ from devstack.gitops import CommitResult, GitStore
 from devstack.journal import Journal
 from devstack.journal.backend import Notifications
 from devstack.leadership import AdvisoryLockElector
-from devstack.loops import run_periodically
+from devstack.loops import in_background, run_periodically
 from devstack.metrics import FeedbackCollector, Metrics, StateCollector
 from devstack.planner import stack_feedback
 from devstack.providers import ProviderClient
@@ -337,7 +337,9 @@ class Runtime:
                 self.stop, every=PRUNE_EVERY, name="prune", first_delay=min(60.0, PRUNE_EVERY), task=self.prune)))
             if self.refresher is not None:
                 loops.append(("refresh", self._refresh_loop))
-            self.threads = [threading.Thread(target=run, name=f"devstack-{name}", daemon=True) for name, run in loops]
+            nice = self.settings.worker.nice  # below the threads that acknowledge webhooks and answer the API
+            self.threads = [threading.Thread(target=in_background(run, nice=nice), name=f"devstack-{name}", daemon=True)
+                            for name, run in loops]
             for thread in self.threads:
                 thread.start()
             if self.status_watcher is not None:

@@ -331,7 +331,7 @@ class Worker:
                     out[feature] = None
                     continue
                 try:
-                    entry_format.validate(feature, elements)
+                    entry_format.validate(feature, elements, fast=True)  # the check reading applies
                     out[feature] = entry_format.encode(elements)
                 except InvalidEntry:
                     raise
