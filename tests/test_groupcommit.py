@@ -87,3 +87,45 @@ def test_a_group_wakes_the_queues_it_filled(tmp_path: Path, queue: str) -> None:
     assert journal.record_group([row("q1", queue=queue)]) == [False]
     assert journal.wait(queue, 0) is False  # a duplicate wakes nobody
     journal.close()
+
+
+def test_on_commit_hears_once_per_group_of_the_queues_with_new_rows(tmp_path: Path) -> None:
+    """``devstack intake`` rings the doorbell from ``on_commit``: once per commit and queue, never for a
+    group of duplicates nor for a failed commit."""
+    journal = Journal(tmp_path / "j.sqlite3")
+    heard: list[set[str]] = []
+    original = journal.record_group
+    gate = threading.Event()
+    calls = [0]
+
+    def held(items: Any) -> list[bool]:  # the first commit waits: the rest of the burst forms one group
+        calls[0] += 1
+        if calls[0] == 1:
+            gate.wait(5)
+        if calls[0] == 3:
+            raise JournalUnavailable("journal database: terminating connection")
+        return original(items)
+
+    journal.record_group = held  # type: ignore[method-assign]
+    committer = GroupCommitter(journal, on_commit=heard.append)
+
+    async def run() -> list[BaseException | bool]:
+        first = asyncio.ensure_future(committer.record(row("a0")))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(committer.record(r))
+                for r in [row("a1"), row("a2"), row("c1", queue="comments"), row("a0")]]
+        await asyncio.sleep(0.05)
+        gate.set()
+        answers = [await first, *[await f for f in rest]]
+        failed = await asyncio.gather(committer.record(row("z9", queue="checks")), return_exceptions=True)
+        duplicate = await committer.record(row("a1"))
+        return [*answers, failed[0], duplicate]
+
+    try:
+        answers = asyncio.run(run())
+    finally:
+        committer.close()
+    assert answers[:5] == [True, True, True, True, False]
+    assert isinstance(answers[5], JournalUnavailable) and answers[6] is False
+    assert heard == [{"git"}, {"git", "comments"}]  # two commits with new rows; the failed and the duplicate: none
+    journal.close()

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
@@ -402,15 +403,22 @@ def webhook_providers() -> list[WebhookProvider]:
     return [github.GitHubWebhook(), gitlab.GitLabWebhook()]
 
 
-def open_webhook_state(app: FastAPI, settings: Settings, *, journal: Journal) -> None:
+def open_webhook_state(app: FastAPI, settings: Settings, *, journal: Journal, doorbell: Path | None = None) -> None:
     """What the webhook route reads from ``app.state`` besides the runtime: the providers' secrets
     (registered with the scrubber, the start-up log says which providers are on), the decoder and the
-    group committer into ``journal``. The lifespan closes ``committer`` and ``decoder``."""
+    group committer into ``journal``, which rings ``doorbell`` (``devstack intake``: wake the worker of
+    ``devstack serve`` now) after each commit with new work. The lifespan closes ``committer`` and
+    ``decoder``."""
     app.state.webhook_secrets = {p.name: webhook_secrets(settings, p.name) for p in webhook_providers()}
     log_webhook_providers(settings, app.state.webhook_secrets)
     redact.register(*(s for values in app.state.webhook_secrets.values() for s in values))
     app.state.decoder = Decoder()
-    app.state.committer = GroupCommitter(journal)
+    def wake(queues: set[str]) -> None:
+        if doorbell is not None:
+            for queue in sorted(queues):
+                ring(doorbell, queue)
+
+    app.state.committer = GroupCommitter(journal, on_commit=None if doorbell is None else wake)
 
 
 def install_webhooks(app: FastAPI, settings: Settings) -> None:
@@ -474,7 +482,7 @@ async def accept(
 ) -> tuple[int, dict[str, Any]]:
     """One delivery: check its headers, read the body (capped), verify, identify, parse, journal; the
     answer's status and body. Framework-free (``state``: an app's state: ``runtime``, ``webhook_secrets``,
-    ``decoder``, ``committer``, optionally ``doorbell``), so ``devstack intake`` serves it without FastAPI's
+    ``decoder``, ``committer``), so ``devstack intake`` serves it without FastAPI's
     layers. Refusals are raised (:class:`WebhookError`, :class:`JournalUnavailable`). ``inline_below``: a
     body smaller than this is verified and parsed on the event loop itself (a process that only takes
     webhooks spares the thread hop; tens of microseconds for a typical delivery)."""
@@ -520,9 +528,6 @@ async def accept(
             new = await state.committer.record({
                 "delivery_id": delivery_id, "provider": provider.name, "event": event_name, "pr": result.key,
                 "payload": result.to_json(), "queue": _queue(result)})
-            doorbell = getattr(state, "doorbell", None)
-            if new and doorbell is not None:  # devstack intake: wake the worker of devstack serve now
-                ring(doorbell, _queue(result))
             if not new:
                 logger.info("duplicate delivery; already recorded")
                 runtime.metrics.deliveries.labels(provider.name, "duplicate").inc()

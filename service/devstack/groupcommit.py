@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from devstack.journal import Journal
 
@@ -20,9 +20,14 @@ _Item = tuple[Mapping[str, str], "asyncio.Future[bool]", asyncio.AbstractEventLo
 
 
 class GroupCommitter:
-    def __init__(self, journal: Journal, *, max_batch: int = 256) -> None:
+    """``on_commit(queues)``: called in the writer thread after each commit with the queues that got new
+    rows (``devstack intake`` rings the doorbell there: once per group, not once per delivery)."""
+
+    def __init__(self, journal: Journal, *, max_batch: int = 256,
+                 on_commit: Callable[[set[str]], None] | None = None) -> None:
         self._journal = journal
         self._max = max_batch
+        self._on_commit = on_commit
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()  # None: stop
         self._thread = threading.Thread(target=self._run, name="devstack-group-commit", daemon=True)
         self._thread.start()
@@ -55,20 +60,26 @@ class GroupCommitter:
                     break
                 group.append(item)
             try:
-                results = self._journal.record_group([row for row, _, _ in group])
+                results: Sequence[bool | BaseException] = self._journal.record_group([row for row, _, _ in group])
             except Exception as exc:  # noqa: BLE001 - handed to every waiting request
-                for _, future, loop in group:
-                    loop.call_soon_threadsafe(_fail, future, exc)
-                continue
-            for (_, future, loop), new in zip(group, results, strict=True):
-                loop.call_soon_threadsafe(_done, future, new)
+                results = [exc] * len(group)
+            else:
+                new = {row.get("queue", "git") for (row, _, _), fresh in zip(group, results, strict=True) if fresh}
+                if new and self._on_commit is not None:
+                    self._on_commit(new)
+            # one wake-up of each event loop per group, not one per request
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[bool], bool | BaseException]]] = {}
+            for (_, future, loop), result in zip(group, results, strict=True):
+                by_loop.setdefault(loop, []).append((future, result))
+            for loop, outcomes in by_loop.items():
+                loop.call_soon_threadsafe(_settle, outcomes)
 
 
-def _done(future: asyncio.Future[bool], value: bool) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
-def _fail(future: asyncio.Future[bool], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
+def _settle(outcomes: list[tuple[asyncio.Future[bool], bool | BaseException]]) -> None:
+    for future, result in outcomes:
+        if future.done():
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)

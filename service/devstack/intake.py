@@ -60,8 +60,9 @@ def create_intake_app(settings: Settings) -> FastAPI:
         register_secrets(settings)
         journal = Journal(settings.journal_target, lease=settings.worker.claim_lease)
         app.state.runtime = Intake(settings=settings, journal=journal, metrics=Metrics())
-        open_webhook_state(app, settings, journal=journal)
-        app.state.doorbell = None if settings.journal.url else doorbell.path_in(settings.state_dir)
+        # on one host, wake serve's worker through the doorbell; on PostgreSQL the commit's NOTIFY does
+        open_webhook_state(app, settings, journal=journal,
+                           doorbell=None if settings.journal.url else doorbell.path_in(settings.state_dir))
         logger.info("intake: acknowledging webhooks into the %s journal", journal.backend)
         try:
             yield
