@@ -304,6 +304,37 @@ def test_an_older_state_never_overwrites_a_newer_one(where: Path | str) -> None:
     assert item.payload["sha"] == "b" * 40
 
 
+def test_one_batch_enqueues_many_prs_each_by_its_own_rules(where: Path | str) -> None:
+    """A worker batch completes 600 PRs at once (past the 500-key chunk of the read): each PR's rule
+    holds in the one read and one batch of upserts: a PR holding a newer state keeps it, a warning about
+    the same expiry is kept, a new PR gets version 1 and the others a new version."""
+    journal = Journal(where)
+    keys = [f"github:acme/payments#{n}" for n in range(600)]
+    newer, warned = keys[7], keys[555]
+    for delivery, pr in (("w", warned), ("n", newer)):
+        journal.record(delivery_id=delivery, provider="github", event="pull_request", pr=pr, payload="{}")
+    journal.record(delivery_id="batch", provider="github", event="pull_request", pr=keys[0], payload="{}")
+    first_w, first_n, batch = journal.take_batch(limit=10)
+    assert [first_w.delivery_id, first_n.delivery_id, batch.delivery_id] == ["w", "n", "batch"]
+    journal.complete({first_w.seq: "applied"}, feedback=[(warned, "github", _state("b" * 40, "2026-12-08T10:00:00Z"))])
+    journal.warn([("login-fix", "2026-12-08T10:00:00Z",
+                   [(warned, "github", _state("b" * 40, "2026-12-08T10:00:00Z", warning="expires soon"))])])
+    journal.record(delivery_id="later", provider="github", event="pull_request", pr=newer, payload="{}")
+    [later] = [d for d in journal.take_batch(limit=10) if d.delivery_id == "later"]
+    journal.complete({first_n.seq: "applied", later.seq: "applied"},
+                     feedback=[(newer, "github", _state("c" * 40, "2026-12-11T10:00:00Z"))])
+
+    journal.complete({batch.seq: "applied"},  # older than `later`: it must not replace the newer PR's state
+                     feedback=[(pr, "github", _state("d" * 40, "2026-12-08T10:00:00Z")) for pr in keys])
+    items = {item.pr: item for item in journal.feedback_of(keys)}
+    assert len(items) == 600
+    assert items[newer].payload["sha"] == "c" * 40  # kept: a newer state
+    assert items[warned].payload["sha"] == "d" * 40 and items[warned].payload["warning"] == "expires soon"
+    assert items[warned].version == 3  # its first state, the warning, this batch
+    assert {items[k].version for k in keys if k not in (newer, warned)} == {1}
+    assert all(items[k].payload["sha"] == "d" * 40 and items[k].status == "pending" for k in keys if k != newer)
+
+
 def test_a_live_status_update_re_renders_the_latest_state_with_its_notes(where: Path | str) -> None:
     """Defect pinned (12.5): an Argo CD status update re-rendered the comment from the worker's snapshot,
     dropping the planner's notes (and could bring back an older state). It now re-sends the latest

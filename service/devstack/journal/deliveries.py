@@ -10,7 +10,7 @@ from typing import Any
 from devstack.journal.backend import Connection
 from devstack.journal.base import _Base
 from devstack.journal.model import Delivery, _delivery, _kind, backoff_delay, claimer_gone
-from devstack.journal.outbox import _enqueue
+from devstack.journal.outbox import _enqueue_many
 
 
 class _Deliveries(_Base):
@@ -220,12 +220,10 @@ class _Deliveries(_Base):
                 " claimed_by = '', claim_expires = 0 WHERE seq = ?",
                 [(outcome[:500], now, seq) for seq, outcome in outcomes.items()],
             )
-            queued = 0
-            state_seq = max(outcomes, default=0)  # the newest delivery this batch's states reflect
-            for pr, provider, payload in feedback:
-                _enqueue(db, pr=pr, provider=provider, payload=payload, now=now, state_seq=state_seq)
-                queued += 1
-        if queued:
+            states = list(feedback)
+            # the newest delivery this batch's states reflect
+            _enqueue_many(db, states, now=now, state_seq=max(outcomes, default=0))
+        if states:
             self.signal("feedback")
 
     def retry(self, seqs: Sequence[int], *, error: str, max_attempts: int | None, backoff_max: float,
