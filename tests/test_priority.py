@@ -83,3 +83,29 @@ def test_nice_zero_keeps_one_priority(make_settings: Callable[..., Any], serve: 
     server = serve(make_settings(worker={"nice": 0}))
     base = nice_of(server.thread.native_id)
     assert {nice_of(t.native_id) for t in server.runtime.threads if t.is_alive()} == {base}
+
+
+@pytest.mark.parametrize("command", ["serve", "intake"])
+def test_the_servers_take_turns_at_the_gil_every_millisecond(
+    command: str, tmp_path: Path, bare_remote: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``devstack serve`` and ``devstack intake`` shorten the interpreter's switch interval before they
+    serve (a transaction holding the journal's lock no longer waits 5 ms per statement for the GIL)."""
+    import uvicorn
+    import yaml
+
+    from devstack.cli import main
+    from devstack.loops import SWITCH_INTERVAL
+
+    served: list[object] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.append(app))
+    config = tmp_path / "devstack.yaml"
+    config.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "s"), "gitops": {"url": bare_remote},
+                                      "providers": {"github": {"webhook_secrets": ["x" * 32]}}}))
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        assert main([command, "--config", str(config)]) == 0
+        assert served and sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
+    finally:
+        sys.setswitchinterval(before)

@@ -226,6 +226,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from devstack.app import create_app
+    from devstack.loops import short_gil_turns
     from devstack.runtime import ensure_webhook_secret, local_mode
 
     settings = load_settings(args.config)
@@ -241,6 +242,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logger.info("GitOps repo: local bare repo %s (branch %s)", settings.local_remote_path, settings.gitops.branch)
     if settings.providers.github.token is None and settings.providers.github.app_id is None:
         logger.info("no GitHub token: PR feedback is recorded locally (GET /api/feedback)")
+    short_gil_turns()
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None, access_log=False)
     return 0
 
@@ -249,8 +251,10 @@ def cmd_intake(args: argparse.Namespace) -> int:
     import uvicorn
 
     from devstack.intake import create_intake_app
+    from devstack.loops import short_gil_turns
 
     settings = load_settings(args.config)
+    short_gil_turns()
     uvicorn.run(create_intake_app(settings), host=args.host, port=args.port, log_config=None, access_log=False)
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 
@@ -33,6 +34,18 @@ def lower_priority(by: int) -> int | None:
         logger.debug("could not lower the priority of %s: %s", threading.current_thread().name, exc)
         return None
     return value
+
+
+SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while another waits (CPython's default: 0.005)
+
+
+def short_gil_turns() -> None:
+    """Let threads take turns at the GIL every millisecond instead of every 5 (``sys.setswitchinterval``),
+    for the servers (``devstack serve``, ``devstack intake``): a thread that holds the journal's write
+    lock and needs the GIL back between two statements waited up to 5 ms per statement behind a busy
+    thread (the worker planning), so its transaction held the lock, shared with every other process on
+    the journal, for tens of milliseconds and acknowledging waited behind it (docs/performance.md)."""
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 def in_background(run: Callable[[], object], *, nice: int) -> Callable[[], None]:
