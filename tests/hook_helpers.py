@@ -79,6 +79,7 @@ class PostgresServer:
     superpassword: str
     admin_user: str
     admin_password: str
+    control: PostgresControl | None = field(default=None, compare=False)  # stop and start it (a restart)
 
     def connect(self, *, user: str, password: str, dbname: str = "postgres", **kwargs: Any) -> Any:
         import psycopg
@@ -90,6 +91,28 @@ class PostgresServer:
 
     def superconnect(self, dbname: str = "postgres") -> Any:
         return self.connect(user=self.superuser, password=self.superpassword, dbname=dbname, autocommit=True)
+
+
+class PostgresControl:
+    """Stops and starts the server process of :func:`running_postgres` (same data, same port)."""
+
+    def __init__(self, start: Any) -> None:
+        self._start = start
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = self._start()
+
+    def stop(self) -> None:
+        """A fast shutdown (SIGINT): sessions are cut, in-flight transactions rolled back."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
 
 
 def _run_as() -> tuple[int, int] | None:
@@ -129,28 +152,33 @@ def running_postgres(tmp_path: Path) -> Iterator[PostgresServer]:
             os.chown(path, *owner)
         kwargs = {"user": owner[0], "group": owner[1], "extra_groups": []}
     env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
-    proc: subprocess.Popen[bytes] | None = None
     log = base / "postgres.log"
-    try:
-        subprocess.run(
-            [str(bindir / "initdb"), "-D", str(data), "-U", "pgsuper", f"--pwfile={pwfile}",
-             "--auth=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync"],
-            check=True, capture_output=True, env=env, cwd=base, timeout=120, **kwargs,
-        )
-        port = free_port()
-        with open(log, "wb") as log_file:
-            proc = subprocess.Popen(
+    port = free_port()
+
+    def start() -> subprocess.Popen[bytes]:
+        with open(log, "ab") as log_file:
+            return subprocess.Popen(
                 [str(bindir / "postgres"), "-D", str(data), "-p", str(port),
                  "-c", f"listen_addresses={LOOPBACK}", "-c", "unix_socket_directories=",
                  "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
                  "-c", "max_connections=40", "-c", "shared_buffers=16MB"],
                 stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=base, **kwargs,
             )
+
+    control = PostgresControl(start)
+    try:
+        subprocess.run(
+            [str(bindir / "initdb"), "-D", str(data), "-U", "pgsuper", f"--pwfile={pwfile}",
+             "--auth=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync"],
+            check=True, capture_output=True, env=env, cwd=base, timeout=120, **kwargs,
+        )
+        control.start()
         server = PostgresServer(
             host=LOOPBACK, port=port, superuser="pgsuper", superpassword=superpassword,
-            admin_user="devstack_admin", admin_password=uuid.uuid4().hex,
+            admin_user="devstack_admin", admin_password=uuid.uuid4().hex, control=control,
         )
-        _wait_ready(server, proc, log)
+        assert control.proc is not None
+        _wait_ready(server, control.proc, log)
         from psycopg import sql
 
         with server.superconnect() as conn:
@@ -163,13 +191,7 @@ def running_postgres(tmp_path: Path) -> Iterator[PostgresServer]:
     except subprocess.CalledProcessError as exc:
         pytest.fail(f"initdb failed: {exc.stderr.decode(errors='replace')[-2000:]}")
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGINT)  # fast shutdown
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        control.stop()  # a fast shutdown
         if owner:
             shutil.rmtree(base, ignore_errors=True)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from tests.test_faults import (
     previews,
     processes,  # noqa: F401 - the fixture that kills what a test started
 )
+from tests.test_intake import Intake
 
 pytestmark = pytest.mark.e2e
 
@@ -197,4 +199,75 @@ def test_a_leader_that_cannot_start_releases_the_lock_and_tries_again(journal_po
     finally:
         first.stop()
         other.stop()
+        drop()
+
+
+@pytest.fixture
+def restartable_postgres(tmp_path: Path) -> Iterator[Any]:
+    """A PostgreSQL server of this test's own, to stop and start again (the shared one serves others)."""
+    from tests.hook_helpers import running_postgres
+
+    with running_postgres(tmp_path / "pg") as server:
+        yield server
+
+
+def test_postgres_restarted_mid_burst_serve_and_intake_answer_503_and_lose_nothing(
+    tmp_path: Path, restartable_postgres: Any, processes: list[Serve],  # noqa: F811
+) -> None:
+    """PostgreSQL itself stopped (a fast shutdown: every session cut) and started again mid-burst, webhooks
+    going to a ``devstack serve`` and a ``devstack intake`` alternately: while it is down both answer 503
+    (GitHub shows the delivery failed) and say so on ``/readyz``; once it is back they acknowledge again
+    without a restart, the refused deliveries go through when redelivered, and every delivery is applied
+    once, in the journal's order, on a linear history."""
+    pg = restartable_postgres
+    remote = make_bare_remote(tmp_path / "gitops.git")
+    url, drop = postgres_database(pg)
+    intake: Intake | None = None
+    try:
+        config = replica_config(tmp_path, "a", remote=remote, journal=url)
+        server = Serve(cwd=tmp_path, config=config)
+        processes.append(server)
+        intake = Intake(cwd=tmp_path, config=config)
+        front = [server.url, intake.url]
+        events = burst(30)
+        down = range(12, 22)
+        refused: list[Delivery] = []
+        for index, event in enumerate(events):
+            if index == down.start:
+                pg.control.stop()
+                for base in front:  # not ready while the journal cannot be reached (serve: degraded)
+                    assert httpx.get(base + "/readyz", timeout=10).status_code == 503
+            if index == down.stop:
+                pg.control.start()
+                deadline = time.monotonic() + 30
+                while httpx.get(intake.url + "/readyz", timeout=10).status_code != 200:
+                    assert time.monotonic() < deadline, intake.log.read_text()[-2000:]
+                    time.sleep(0.1)
+            body = json.dumps(event.payload()).encode()
+            response = httpx.post(front[index % 2] + "/webhooks/github", content=body, timeout=10, headers={
+                "Content-Type": "application/json", "X-GitHub-Event": "pull_request", "X-GitHub-Delivery": event.id,
+                "X-Hub-Signature-256": sign(body, SECRET)})
+            if index in down:
+                assert response.status_code == 503 and response.headers["Retry-After"], response.text
+                assert "journal unavailable" in response.json()["error"] and pg.superpassword not in response.text
+                refused.append(event)
+            else:
+                assert response.status_code == 202, (index, response.text)
+        assert len(refused) == len(down)
+        for event in refused:  # GitHub's redelivery, in order
+            _, status = send_to_any([server], event, start=0)
+            assert status == 202
+        rows = server.wait_idle(timeout=60)
+        assert sorted(row["delivery"] for row in rows) == sorted(e.id for e in events)  # one row each
+        assert {row["status"] for row in rows} == {"done"}, rows
+        order = {row["delivery"]: index for index, row in enumerate(reversed(rows))}
+        assert previews(remote) == expected_previews(sorted(events, key=lambda e: order[e.id]))
+        assert_linear_and_no_empty_commit(remote)
+        logs = server.log.read_text() + intake.log.read_text()
+        assert "Traceback" not in logs and pg.superpassword not in logs
+    finally:
+        if intake is not None:
+            intake.stop()
+        for replica in processes:
+            replica.stop()
         drop()

@@ -364,31 +364,66 @@ def test_a_new_state_with_the_same_expiry_keeps_the_reaper_warning(where: Path |
     assert journal.feedback(PR_KEY)[0].payload["warning"] == ""
 
 
-def test_a_lost_postgres_connection_is_a_503_and_the_next_delivery_goes_through(
+def test_a_postgres_session_lost_while_idle_is_replaced_and_the_delivery_goes_through(
     journal_postgres: Any, make_settings: Callable[..., Any], serve: Callable[..., Any],
 ) -> None:
-    """PostgreSQL restarting (its connections cut): the delivery in flight is refused with 503 + Retry-After
-    (so GitHub shows it failed and redelivery recovers it), nothing half-written; the next one connects again."""
+    """PostgreSQL restarted (or a proxy's idle timeout) while devstack was idle: its session is dead, which
+    only shows when it is used. Nothing has been done on it yet, so it is replaced at once: the delivery is
+    acknowledged (no needless 503 and redelivery), journaled once; the readiness check reconnects too."""
     from tests.conftest import postgres_database, pr_payload
 
     url, drop = postgres_database(journal_postgres)
     try:
         server = serve(make_settings(journal={"url": url}), run_workers=False)
+        assert server.get("/readyz").status_code == 200
         database = url.rsplit("/", 1)[1]
         with journal_postgres.superconnect() as connection:
             cut = connection.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
                                      " AND pid <> pg_backend_pid()", (database,)).fetchall()
         assert cut  # devstack's connection was there, and is gone
-        refused = server.send_github(pr_payload(), delivery="d1")
-        assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
-        assert "journal unavailable" in refused.json()["error"]
-        assert journal_postgres.superpassword not in refused.text
-        again = server.send_github(pr_payload(), delivery="d1")  # GitHub's redelivery
-        assert again.status_code == 202
+        accepted = server.send_github(pr_payload(), delivery="d1")
+        assert accepted.status_code == 202, accepted.text
+        assert server.send_github(pr_payload(), delivery="d1").json()["status"] == "duplicate"
         assert server.runtime.journal.counts()["pending"] == 1
+        with journal_postgres.superconnect() as connection:
+            connection.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
+                               " AND pid <> pg_backend_pid()", (database,))
         assert server.get("/readyz").status_code == 200
     finally:
         drop()  # closes what still connects; the server stops at teardown
+
+
+def test_a_postgres_session_lost_inside_a_transaction_fails_it_whole_and_the_next_call_reconnects(
+    journal_postgres: Any,
+) -> None:
+    """The session dies between two statements of a write: the call fails with JournalUnavailable (the
+    webhook route's 503 with Retry-After), nothing of it is written, and the next call connects again."""
+    from devstack.journal.backend import JournalUnavailable
+    from tests.conftest import postgres_database
+
+    url, drop = postgres_database(journal_postgres)
+    journal = Journal(url)
+    try:
+        assert journal.record(delivery_id="before", provider="github", event="pull_request", pr="k", payload="{}")
+        database = url.rsplit("/", 1)[1]
+
+        def cut_midway() -> None:
+            with journal._tx() as db:
+                db.execute("INSERT INTO deliveries (delivery_id, provider, event, pr, payload, status, queue, outcome,"
+                           " received_at) VALUES ('half', 'github', 'pull_request', 'k', '{}', 'pending', 'git', '', 0)"
+                           )
+                with journal_postgres.superconnect() as connection:
+                    connection.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
+                                       " AND pid <> pg_backend_pid()", (database,))
+                db.execute("UPDATE deliveries SET outcome = 'x' WHERE delivery_id = 'half'")
+
+        with pytest.raises(JournalUnavailable, match="journal database"):
+            cut_midway()
+        assert journal.known_deliveries(["before", "half"]) == {"before"}  # nothing of it was written
+        assert journal.record(delivery_id="after", provider="github", event="pull_request", pr="k", payload="{}")
+    finally:
+        journal.close()
+        drop()
 
 
 # --- a PostgreSQL journal's doorbell: NOTIFY on new work, LISTEN in the leader (issue 19) ---------------------
@@ -418,6 +453,10 @@ def test_work_journaled_by_another_process_wakes_the_listener_at_once(journal_po
                               "pr": "acme/app#1", "payload": "{}", "queue": "comments"}])
         assert leader.wait("comments", 5.0)
         assert not leader.wait("git", 0.0)  # only the queue that got work
+        with journal_postgres.superconnect(dbname=leader._backend._url.rsplit("/", 1)[1]) as other:
+            other.execute("SELECT pg_notify('devstack_journal', 'not-a-queue')")  # someone else's: ignored
+        assert intake.record(delivery_id="d2", provider="github", event="pull_request", pr="acme/app#1")
+        assert leader.wait("git", 5.0)  # the listener lived on
 
         intake.record(delivery_id="d1", provider="github", event="pull_request", pr="acme/app#1")  # a duplicate
         intake.record(delivery_id="i1", provider="github", event="ping", ignored="not an event devstack handles")

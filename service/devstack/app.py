@@ -413,6 +413,7 @@ def open_webhook_state(app: FastAPI, settings: Settings, *, journal: Journal, do
     log_webhook_providers(settings, app.state.webhook_secrets)
     redact.register(*(s for values in app.state.webhook_secrets.values() for s in values))
     app.state.decoder = Decoder()
+
     def wake(queues: set[str]) -> None:
         if doorbell is not None:
             for queue in sorted(queues):

@@ -247,22 +247,60 @@ class PostgresBackend:
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         with self._lock:
+            connection = self._begin()
+            try:
+                yield _PgConnection(connection)
+            except self._psycopg.OperationalError as exc:
+                self._discard()
+                raise JournalUnavailable(f"journal database: {_short(exc)}") from None
+            except BaseException:
+                try:
+                    connection.execute("ROLLBACK")
+                except self._psycopg.Error:
+                    self._discard()
+                raise
+            try:
+                connection.execute("COMMIT")
+            except self._psycopg.OperationalError as exc:  # committed or not: the caller retries (dedupe)
+                self._discard()
+                raise JournalUnavailable(f"journal database: {_short(exc)}") from None
+
+    def _begin(self) -> Any:
+        """A connection in a transaction holding the journal's write lock. A connection that died while
+        idle (PostgreSQL restarted, a proxy's idle timeout) is only found out by using it: then nothing
+        has been done yet, so it is replaced once at once rather than failing the caller."""
+        for attempt in (1, 2):
             connection = self._connect()
             try:
-                with connection.transaction():
-                    connection.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-                    yield _PgConnection(connection)
+                connection.execute("BEGIN")
+                connection.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+                return connection
             except self._psycopg.OperationalError as exc:
-                raise JournalUnavailable(f"journal database: {_short(exc)}") from None
+                self._discard()
+                if attempt == 2:
+                    raise JournalUnavailable(f"journal database: {_short(exc)}") from None
+        raise AssertionError("unreachable")
+
+    def _discard(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            finally:
+                self._connection = None
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
-            connection = self._connect()
-            try:
-                rows: list[Any] = connection.execute(_postgres_sql(sql), tuple(params) if params else None).fetchall()
-                return rows
-            except self._psycopg.OperationalError as exc:
-                raise JournalUnavailable(f"journal database: {_short(exc)}") from None
+            for attempt in (1, 2):  # a read is safe to run again on a new connection
+                connection = self._connect()
+                try:
+                    rows: list[Any] = connection.execute(_postgres_sql(sql),
+                                                         tuple(params) if params else None).fetchall()
+                    return rows
+                except self._psycopg.OperationalError as exc:
+                    self._discard()
+                    if attempt == 2:
+                        raise JournalUnavailable(f"journal database: {_short(exc)}") from None
+            raise AssertionError("unreachable")
 
     def announce(self, db: Connection, queues: Iterable[str]) -> None:
         """Tell every process listening on the journal (:meth:`listen`) that ``queues`` have new work:

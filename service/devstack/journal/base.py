@@ -52,7 +52,8 @@ class _Base:
         """Wake this process's loops when another process journals work (a PostgreSQL journal's ``NOTIFY``;
         None on SQLite, where the doorbell does it). Close the result to stop."""
         if isinstance(self._backend, PostgresBackend):
-            return self._backend.listen(self.signal)
+            # anything else NOTIFYing on the channel is not ours to act on
+            return self._backend.listen(lambda queue: self.signal(queue) if queue in self._signals else None)
         return None
 
     def wake_all(self) -> None:
