@@ -226,3 +226,47 @@ def test_a_lane_slows_down_before_the_write_cap_and_the_budget_is_visible(tmp_pa
     assert 'devstack_feedback_writes{lane="github",window="1m"} 3.0' in text
     assert 'devstack_feedback_queue_depth{lane="github",phase="comment"} 2.0' in text
     assert 'devstack_feedback_queue_age_seconds{lane="github",phase="comment"}' in text
+
+
+def test_a_provider_without_a_token_has_its_feedback_recorded_in_bulk_and_a_newer_state_stays(
+    tmp_path: Path,
+) -> None:
+    """No GitLab token: its feedback is only recorded (``GET /api/feedback``), so what is due is recorded
+    in one pass and one transaction, not one PR per pass; the body is the same sticky comment a send would
+    write; a state that arrives while the pass renders stays pending for the next pass; GitHub, which has a
+    client, still sends one by one."""
+    from devstack.feedback import render_comment
+
+    journal = _queued(tmp_path, github=3, gitlab=25)
+    github = Recorder()
+    sender = FeedbackSender(settings=load_settings(None, overrides={"feedback": {"deployments": False}}),
+                            journal=journal, clients={"github": github})
+    transactions = [0]
+    original_tx = journal._tx
+
+    def counted() -> object:
+        transactions[0] += 1
+        return original_tx()
+
+    journal._tx = counted  # type: ignore[method-assign]
+    newer = _feedback(Provider.GITLAB, "platform/ledger", 7)
+    render = sender._body
+
+    def render_then_push(item: object) -> str:  # a new state of MR 7 arrives while the pass renders
+        body = render(item)  # type: ignore[arg-type]
+        if getattr(item, "pr", "") == newer.pr.key:
+            journal.enqueue_feedback(pr=newer.pr.key, provider="gitlab",
+                                     payload={**feedback_to_dict(newer), "sha": "b" * 40})
+        return body
+
+    sender._body = render_then_push  # type: ignore[method-assign]
+    assert sender.run_once(lanes={"gitlab"}, limit=100) == 25
+    assert transactions[0] == 2  # the newer state's enqueue, and the one that recorded all 25
+    items = {item.pr: item for item in journal.feedback() if item.provider == "gitlab"}
+    assert sorted(item.status for key, item in items.items() if key != newer.pr.key) == ["recorded"] * 24
+    assert items[newer.pr.key].status == "pending" and items[newer.pr.key].payload["sha"] == "b" * 40
+    first = items["gitlab:platform/ledger#1"]
+    assert first.sent_body == render_comment(_feedback(Provider.GITLAB, "platform/ledger", 1), live=None)
+    assert sender.run_once(lanes={"gitlab"}, limit=100) == 1  # the newer state, on the next pass
+    assert github.notes == []
+    assert sender.run_once(lanes={"github"}, limit=1) == 1 and github.notes == [("acme/payments", 1)]

@@ -258,6 +258,9 @@ class FeedbackSender:
         is a provider's token, or each installation of a GitHub App installed in several
         organisations: those progress independently, each at its own pace.
         """
+        recorded = self._record_locally(lanes=lanes, limit=limit)
+        if recorded:
+            return recorded
         if not self._several_budgets:
             handled = 0
             while handled < limit and (chosen := self._choose(lanes=lanes, busy=set(), scan=1)):
@@ -309,6 +312,28 @@ class FeedbackSender:
     def _send_one(self, lane: str, item: OutboxItem) -> None:
         with bind(pr=item.pr, provider=item.provider):
             self._send(item, lane=lane)
+
+    def _record_locally(self, *, lanes: Collection[str] | None, limit: int) -> int:
+        """Feedback for a provider with no token configured is only recorded (``GET /api/feedback``):
+        no write budget to pace, so what is due is rendered and recorded in one transaction, not one PR
+        at a time. How many items were recorded."""
+        offline = [p for p in ("github", "gitlab") if p not in self._clients and (lanes is None or p in lanes)]
+        if not offline:
+            return 0
+        items = self._journal.take_feedback(limit=limit, only=offline)
+        if not items:
+            return 0
+        self._journal.feedback_recorded([(item, self._body(item)) for item in items])
+        logger.info("feedback recorded locally for %d PR(s) (no %s token configured)", len(items),
+                    " or ".join(sorted({item.provider for item in items})))
+        return len(items)
+
+    def _body(self, item: OutboxItem) -> str:
+        """What the PR is told: a command's reply as it is, a state rendered as the sticky comment."""
+        if item.payload.get("kind") == "reply":
+            return str(item.payload["body"])
+        feedback = feedback_from_dict(item.payload)
+        return render_comment(feedback, live=self._live(feedback.feature))
 
     def _lane(self, item: OutboxItem) -> str:
         """The write budget an item spends: its provider's, or its GitHub App installation's."""

@@ -108,22 +108,22 @@ class _Outbox(_Base):
         ``then_deploy``: the comment is out, the deployment write is still to do: the row stays pending
         in the ``deployment`` phase, which goes after every comment due in its lane."""
         with self._tx() as db:
-            cursor = db.execute(
-                "UPDATE outbox SET status = ?, phase = ?, sent_body = ?, attempts = 0, last_error = '',"
-                " next_attempt_at = 0 WHERE pr = ? AND version = ?",
-                ("pending" if then_deploy else status, "deployment" if then_deploy else "comment", body,
-                 item.pr, item.version),
-            )
-            if cursor.rowcount == 0:
-                db.execute("UPDATE outbox SET sent_body = ? WHERE pr = ?", (body, item.pr))
-            db.execute("INSERT OR IGNORE INTO sticky (pr) VALUES (?)", (item.pr,))
+            current = _mark_sent(db, item, body=body, status="pending" if then_deploy else status,
+                                 phase="deployment" if then_deploy else "comment")
             if comment_id is not None:
                 db.execute("UPDATE sticky SET comment_id = ? WHERE pr = ?", (comment_id, item.pr))
             if deployed_sha is not None:
                 db.execute("UPDATE sticky SET deployed_sha = ? WHERE pr = ?", (deployed_sha, item.pr))
             if deployment_id is not None:
                 db.execute("UPDATE sticky SET deployment_id = ? WHERE pr = ?", (deployment_id, item.pr))
-            return cursor.rowcount == 1
+            return current
+
+    def feedback_recorded(self, items: Sequence[tuple[OutboxItem, str]]) -> None:
+        """:meth:`feedback_sent` with ``status="recorded"`` for each ``(item, body)``, in one transaction
+        (feedback of a provider with no token: nothing is sent, nothing is paced)."""
+        with self._tx() as db:
+            for item, body in items:
+                _mark_sent(db, item, body=body, status="recorded", phase="comment")
 
     def feedback_failed(
         self, item: OutboxItem, *, error: str, max_attempts: int, backoff_max: float, delay: float | None = None,
@@ -193,6 +193,20 @@ def _enqueue_many(
         " ELSE excluded.state_seq END, phase = 'comment'",
         rows,
     )
+
+
+def _mark_sent(db: Connection, item: OutboxItem, *, body: str, status: str, phase: str) -> bool:
+    """The version ``item`` holds was sent (or recorded): True; a newer version arrived meanwhile (it stays
+    pending, only its last sent body is kept): False."""
+    cursor = db.execute(
+        "UPDATE outbox SET status = ?, phase = ?, sent_body = ?, attempts = 0, last_error = '',"
+        " next_attempt_at = 0 WHERE pr = ? AND version = ?",
+        (status, phase, body, item.pr, item.version),
+    )
+    if cursor.rowcount == 0:
+        db.execute("UPDATE outbox SET sent_body = ? WHERE pr = ?", (body, item.pr))
+    db.execute("INSERT OR IGNORE INTO sticky (pr) VALUES (?)", (item.pr,))
+    return cursor.rowcount == 1
 
 
 def _requeue(db: Connection, *, pr: str, payload: dict[str, Any], now: float) -> None:
