@@ -24,9 +24,10 @@ def _feedback(provider: Provider, repo: str, number: int) -> Feedback:
                                           image="ghcr.io/acme/api:" + "a" * 40, source=pr.key),))
 
 
-def _queued(tmp_path: Path, *, github: int, gitlab: int) -> Journal:
-    """A journal whose outbox holds ``github`` new PRs' and ``gitlab`` new MRs' comments."""
-    journal = Journal(tmp_path / "j.sqlite3")
+def _queued(tmp_path: Path, *, github: int, gitlab: int, where: Path | str | None = None) -> Journal:
+    """A journal (SQLite in ``tmp_path``, or ``where``) whose outbox holds ``github`` new PRs' and ``gitlab``
+    new MRs' comments."""
+    journal = Journal(where or tmp_path / "j.sqlite3")
     for provider, repo, count in ((Provider.GITHUB, "acme/payments", github),
                                   (Provider.GITLAB, "platform/ledger", gitlab)):
         for n in range(1, count + 1):
@@ -229,7 +230,7 @@ def test_a_lane_slows_down_before_the_write_cap_and_the_budget_is_visible(tmp_pa
 
 
 def test_a_provider_without_a_token_has_its_feedback_recorded_in_bulk_and_a_newer_state_stays(
-    tmp_path: Path,
+    tmp_path: Path, where: Path | str,
 ) -> None:
     """No GitLab token: its feedback is only recorded (``GET /api/feedback``), so what is due is recorded
     in one pass and one transaction, not one PR per pass; the body is the same sticky comment a send would
@@ -237,7 +238,7 @@ def test_a_provider_without_a_token_has_its_feedback_recorded_in_bulk_and_a_newe
     client, still sends one by one."""
     from devstack.feedback import render_comment
 
-    journal = _queued(tmp_path, github=3, gitlab=25)
+    journal = _queued(tmp_path, github=3, gitlab=25, where=where)
     github = Recorder()
     sender = FeedbackSender(settings=load_settings(None, overrides={"feedback": {"deployments": False}}),
                             journal=journal, clients={"github": github})

@@ -43,16 +43,15 @@ class _Deliveries(_Base):
         """Record webhook deliveries (``delivery_id``, ``provider``, ``event``, ``pr``, ``payload``,
         ``queue``) in one transaction, one commit (a group commit); per item, whether it was new."""
         now = self._clock()
-        results: list[bool] = []
         with self._tx() as db:
-            for item in items:
-                cursor = db.execute(
-                    "INSERT OR IGNORE INTO deliveries (delivery_id, provider, event, pr, payload, status, queue,"
-                    " received_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
-                    (item["delivery_id"], item["provider"], item["event"], item.get("pr", ""), item["payload"],
-                     item.get("queue", "git"), now),
-                )
-                results.append(cursor.rowcount == 1)
+            counts = self._backend.rowcounts(
+                db,
+                "INSERT OR IGNORE INTO deliveries (delivery_id, provider, event, pr, payload, status, queue,"
+                " received_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                [(item["delivery_id"], item["provider"], item["event"], item.get("pr", ""), item["payload"],
+                  item.get("queue", "git"), now) for item in items],
+            )
+            results = [count == 1 for count in counts]
             queues = {item.get("queue", "git") for item, new in zip(items, results, strict=True) if new}
             self._announce(db, queues)
         for queue in queues:

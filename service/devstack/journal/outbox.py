@@ -121,9 +121,15 @@ class _Outbox(_Base):
     def feedback_recorded(self, items: Sequence[tuple[OutboxItem, str]]) -> None:
         """:meth:`feedback_sent` with ``status="recorded"`` for each ``(item, body)``, in one transaction
         (feedback of a provider with no token: nothing is sent, nothing is paced)."""
-        with self._tx() as db:
-            for item, body in items:
-                _mark_sent(db, item, body=body, status="recorded", phase="comment")
+        if not items:
+            return
+        with self._tx() as db:  # three pipelined statements whatever the number: the write lock is shared
+            counts = self._backend.rowcounts(
+                db, _SENT, [("recorded", "comment", body, item.pr, item.version) for item, body in items])
+            stale = [(body, item.pr) for (item, body), count in zip(items, counts, strict=True) if count == 0]
+            if stale:
+                db.executemany(_SENT_BODY, stale)
+            db.executemany(_STICKY, [(item.pr,) for item, _ in items])
 
     def feedback_failed(
         self, item: OutboxItem, *, error: str, max_attempts: int, backoff_max: float, delay: float | None = None,
@@ -195,17 +201,19 @@ def _enqueue_many(
     )
 
 
+_SENT = ("UPDATE outbox SET status = ?, phase = ?, sent_body = ?, attempts = 0, last_error = '',"
+         " next_attempt_at = 0 WHERE pr = ? AND version = ?")
+_SENT_BODY = "UPDATE outbox SET sent_body = ? WHERE pr = ?"
+_STICKY = "INSERT OR IGNORE INTO sticky (pr) VALUES (?)"
+
+
 def _mark_sent(db: Connection, item: OutboxItem, *, body: str, status: str, phase: str) -> bool:
     """The version ``item`` holds was sent (or recorded): True; a newer version arrived meanwhile (it stays
     pending, only its last sent body is kept): False."""
-    cursor = db.execute(
-        "UPDATE outbox SET status = ?, phase = ?, sent_body = ?, attempts = 0, last_error = '',"
-        " next_attempt_at = 0 WHERE pr = ? AND version = ?",
-        (status, phase, body, item.pr, item.version),
-    )
+    cursor = db.execute(_SENT, (status, phase, body, item.pr, item.version))
     if cursor.rowcount == 0:
-        db.execute("UPDATE outbox SET sent_body = ? WHERE pr = ?", (body, item.pr))
-    db.execute("INSERT OR IGNORE INTO sticky (pr) VALUES (?)", (item.pr,))
+        db.execute(_SENT_BODY, (body, item.pr))
+    db.execute(_STICKY, (item.pr,))
     return cursor.rowcount == 1
 
 
