@@ -13,7 +13,6 @@ at that moment, so a busy machine shows in the baseline column rather than only 
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -26,13 +25,11 @@ from bench.harness import (
     Figure,
     JournalKind,
     Target,
-    journal_settings,
     make_remote,
     percentile,
     pr_payload,
     say,
-    server,
-    settings_data,
+    servers,
     sha_of,
     signed,
     standin,
@@ -90,12 +87,7 @@ def run(env: Env, params: AckParams) -> list[Figure]:
     say(f"[ack] baseline: a trivial HTTP server, {params.rate:.0f} req/s for {params.baseline_duration:.0f} s")
     floor = _baseline(env, params, work)
     scenario = (INTAKE_NAME if params.intake else NAME) + (", PostgreSQL" if params.journal == "postgresql" else "")
-    with contextlib.ExitStack() as stack:
-        data = settings_data(state_dir=work / "state", remote=remote,
-                             journal=stack.enter_context(journal_settings(env, params.journal)))
-        worker = stack.enter_context(server(env, workdir=work, settings=data))
-        srv = (stack.enter_context(server(env, workdir=work, settings=data, command="intake",
-                                          config_name="intake.yaml")) if params.intake else worker)
+    with servers(env, workdir=work, remote=remote, journal=params.journal, intake=params.intake) as (worker, srv):
         url = srv.url + "/webhooks/github"
         say(f"[ack] building {params.warmup + total} signed deliveries")
         warmup = _requests(url, params.warmup, prs=params.prs, offset=0)

@@ -10,7 +10,6 @@ per event, in a clone of an identical bare remote.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,13 +23,11 @@ from bench.harness import (
     PlainGit,
     Target,
     commit_count,
-    journal_settings,
     make_remote,
     pr_payload,
     remote_entries,
     say,
-    server,
-    settings_data,
+    servers,
     sha_of,
     signed,
     wait_drained,
@@ -69,12 +66,7 @@ def run(env: Env, params: BurstParams) -> list[Figure]:
     before = commit_count(env, remote)
     scenario = NAME + (", intake process" if params.intake else "") + (
         ", PostgreSQL" if params.journal == "postgresql" else "")
-    with contextlib.ExitStack() as stack:
-        data = settings_data(state_dir=work / "state", remote=remote,
-                             journal=stack.enter_context(journal_settings(env, params.journal)))
-        srv = stack.enter_context(server(env, workdir=work, settings=data))
-        front = (stack.enter_context(server(env, workdir=work, settings=data, command="intake",
-                                            config_name="intake.yaml")) if params.intake else srv)
+    with servers(env, workdir=work, remote=remote, journal=params.journal, intake=params.intake) as (srv, front):
         url = front.url + "/webhooks/github"
         rounds = [  # round e holds event e of every PR: one PR's events stay in order
             [

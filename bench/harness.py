@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -594,6 +594,20 @@ def journal_settings(env: Env, kind: JournalKind) -> Iterator[dict[str, Any]]:
             yield {"url": f"postgresql://{pg.superuser}:{pg.superpassword}@{pg.host}:{pg.port}/bench_journal"}
     except (pytest.skip.Exception, pytest.fail.Exception) as exc:  # the helper speaks pytest; the bench does not
         raise BenchError(f"no PostgreSQL for the journal: {exc}") from None
+
+
+@contextmanager
+def servers(env: Env, *, workdir: Path, remote: Path, journal: JournalKind, intake: bool
+            ) -> Iterator[tuple[Server, Server]]:
+    """``devstack serve`` (its worker applies) and the server the webhooks go to: a ``devstack intake``
+    beside it on the same journal, or serve itself; the journal on SQLite or a PostgreSQL of its own."""
+    with ExitStack() as stack:
+        data = settings_data(state_dir=workdir / "state", remote=remote,
+                             journal=stack.enter_context(journal_settings(env, journal)))
+        worker = stack.enter_context(server(env, workdir=workdir, settings=data))
+        front = (stack.enter_context(server(env, workdir=workdir, settings=data, command="intake",
+                                            config_name="intake.yaml")) if intake else worker)
+        yield worker, front
 
 
 @contextmanager

@@ -9,13 +9,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from devstack.journal import Journal, backoff_delay
+from devstack.journal.backend import Notifications
 
 
 class Clock:
@@ -429,84 +430,80 @@ def test_a_postgres_session_lost_inside_a_transaction_fails_it_whole_and_the_nex
 # --- a PostgreSQL journal's doorbell: NOTIFY on new work, LISTEN in the leader (issue 19) ---------------------
 
 
-def _pg_journals(server: Any) -> tuple[Journal, Journal, Callable[[], None]]:
+@pytest.fixture
+def two_processes(journal_postgres: Any) -> Iterator[tuple[Journal, Journal, Notifications]]:
+    """Two journals on one PostgreSQL database, as two processes have them: the leader, listening, and an
+    intake; closed (and the database dropped) afterwards."""
     from tests.conftest import postgres_database
 
-    url, drop = postgres_database(server)
-    return Journal(url), Journal(url), drop
+    url, drop = postgres_database(journal_postgres)
+    leader, intake = Journal(url), Journal(url)
+    notifications = leader.listen()
+    assert notifications is not None and notifications.listening.wait(10)
+    yield leader, intake, notifications
+    notifications.close()
+    leader.close()
+    intake.close()
+    drop()
 
 
-def test_work_journaled_by_another_process_wakes_the_listener_at_once(journal_postgres: Any) -> None:
+def test_work_journaled_by_another_process_wakes_the_listener_at_once(
+    two_processes: tuple[Journal, Journal, Notifications], journal_postgres: Any,
+) -> None:
     """An intake process (or a standby replica) journals a delivery: the leader's loop waiting on ``git``
     wakes at the commit, not at its next poll; comment commands wake the ``comments`` queue; an ignored
     delivery, a duplicate and a rolled-back transaction wake nobody."""
-    leader, intake, drop = _pg_journals(journal_postgres)
-    notifications = leader.listen()
-    try:
-        assert notifications is not None and notifications.listening.wait(10)
-        assert not leader.wait("git", 0.3)  # nothing yet
-        started = time.monotonic()
-        assert intake.record(delivery_id="d1", provider="github", event="pull_request", pr="acme/app#1")
-        assert leader.wait("git", 5.0)
-        assert time.monotonic() - started < 1.0  # the listener, not a poll
-        intake.record_group([{"delivery_id": "c1", "provider": "github", "event": "issue_comment",
-                              "pr": "acme/app#1", "payload": "{}", "queue": "comments"}])
-        assert leader.wait("comments", 5.0)
-        assert not leader.wait("git", 0.0)  # only the queue that got work
-        with journal_postgres.superconnect(dbname=leader._backend._url.rsplit("/", 1)[1]) as other:
-            other.execute("SELECT pg_notify('devstack_journal', 'not-a-queue')")  # someone else's: ignored
-        assert intake.record(delivery_id="d2", provider="github", event="pull_request", pr="acme/app#1")
-        assert leader.wait("git", 5.0)  # the listener lived on
+    leader, intake, _ = two_processes
+    assert not leader.wait("git", 0.3)  # nothing yet
+    started = time.monotonic()
+    assert intake.record(delivery_id="d1", provider="github", event="pull_request", pr="acme/app#1")
+    assert leader.wait("git", 5.0)
+    assert time.monotonic() - started < 1.0  # the listener, not a poll
+    intake.record_group([{"delivery_id": "c1", "provider": "github", "event": "issue_comment",
+                          "pr": "acme/app#1", "payload": "{}", "queue": "comments"}])
+    assert leader.wait("comments", 5.0)
+    assert not leader.wait("git", 0.0)  # only the queue that got work
+    with journal_postgres.superconnect(dbname=leader._backend._url.rsplit("/", 1)[1]) as other:
+        other.execute("SELECT pg_notify('devstack_journal', 'not-a-queue')")  # someone else's: ignored
+    assert intake.record(delivery_id="d2", provider="github", event="pull_request", pr="acme/app#1")
+    assert leader.wait("git", 5.0)  # the listener lived on
 
-        intake.record(delivery_id="d1", provider="github", event="pull_request", pr="acme/app#1")  # a duplicate
-        intake.record(delivery_id="i1", provider="github", event="ping", ignored="not an event devstack handles")
+    intake.record(delivery_id="d1", provider="github", event="pull_request", pr="acme/app#1")  # a duplicate
+    intake.record(delivery_id="i1", provider="github", event="ping", ignored="not an event devstack handles")
 
-        def rolled_back() -> None:  # journaled and announced, then rolled back
-            with intake._tx() as db:
-                db.execute("INSERT INTO deliveries (delivery_id, provider, event, pr, payload, status, queue, outcome,"
-                           " received_at) VALUES ('r1', 'github', 'pull_request', '', '', 'pending', 'git', '', 0)")
-                intake._announce(db, ["git"])
-                raise RuntimeError("rolled back")
+    def rolled_back() -> None:  # journaled and announced, then rolled back
+        with intake._tx() as db:
+            db.execute("INSERT INTO deliveries (delivery_id, provider, event, pr, payload, status, queue, outcome,"
+                       " received_at) VALUES ('r1', 'github', 'pull_request', '', '', 'pending', 'git', '', 0)")
+            intake._announce(db, ["git"])
+            raise RuntimeError("rolled back")
 
-        with pytest.raises(RuntimeError):
-            rolled_back()
-        assert not leader.wait("git", 0.5)
-    finally:
-        if notifications is not None:
-            notifications.close()
-        leader.close()
-        intake.close()
-        drop()
+    with pytest.raises(RuntimeError):
+        rolled_back()
+    assert not leader.wait("git", 0.5)
 
 
-def test_the_listener_reconnects_and_looks_once_for_what_it_missed(journal_postgres: Any) -> None:
+def test_the_listener_reconnects_and_looks_once_for_what_it_missed(
+    two_processes: tuple[Journal, Journal, Notifications], journal_postgres: Any,
+) -> None:
     """The listening session is cut (PostgreSQL restarted, a failover): it connects and listens again,
     and wakes every queue once, since what was announced in between is gone."""
-    leader, intake, drop = _pg_journals(journal_postgres)
-    notifications = leader.listen()
-    try:
-        assert notifications is not None and notifications.listening.wait(10)
-        database = leader._backend._url.rsplit("/", 1)[1]  # type: ignore[union-attr]
-        with journal_postgres.superconnect() as connection:
-            cut = connection.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND query LIKE 'LISTEN%%'",
-                (database,)).fetchall()
-        assert cut
-        intake.record(delivery_id="while-cut", provider="github", event="pull_request", pr="acme/app#2")
-        assert leader.wait("git", 10.0)  # either the look-once after reconnecting, or the notify itself
-        deadline = time.monotonic() + 10
-        while not notifications.listening.is_set() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert notifications.listening.is_set()
-        leader.wait("git", 0.0)
-        intake.record(delivery_id="after", provider="github", event="pull_request", pr="acme/app#2")
-        assert leader.wait("git", 5.0)
-    finally:
-        if notifications is not None:
-            notifications.close()
-        leader.close()
-        intake.close()
-        drop()
+    leader, intake, notifications = two_processes
+    database = leader._backend._url.rsplit("/", 1)[1]  # type: ignore[union-attr]
+    with journal_postgres.superconnect() as connection:
+        cut = connection.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND query LIKE 'LISTEN%%'",
+            (database,)).fetchall()
+    assert cut
+    intake.record(delivery_id="while-cut", provider="github", event="pull_request", pr="acme/app#2")
+    assert leader.wait("git", 10.0)  # either the look-once after reconnecting, or the notify itself
+    deadline = time.monotonic() + 10
+    while not notifications.listening.is_set() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert notifications.listening.is_set()
+    leader.wait("git", 0.0)
+    intake.record(delivery_id="after", provider="github", event="pull_request", pr="acme/app#2")
+    assert leader.wait("git", 5.0)
 
 
 def test_a_sqlite_journal_has_no_listener(tmp_path: Path) -> None:

@@ -22,13 +22,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from devstack.errors import ConfigError, TemporaryError
 
 _BUSY_TIMEOUT = 30.0  # seconds a SQLite writer waits for another process's write lock
 _LOCK_KEY = 0x64657673  # "devs": the advisory lock every write transaction of a PostgreSQL journal takes
+_T = TypeVar("_T")
 CHANNEL = "devstack_journal"  # PostgreSQL's NOTIFY channel: new work, the payload names its queue
 logger = logging.getLogger(__name__)
 
@@ -280,15 +281,23 @@ class PostgresBackend:
                 raise JournalUnavailable(f"journal database: {_short(exc)}") from None
 
     def _begin(self) -> Any:
-        """A connection in a transaction holding the journal's write lock. A connection that died while
-        idle (PostgreSQL restarted, a proxy's idle timeout) is only found out by using it: then nothing
-        has been done yet, so it is replaced once at once rather than failing the caller."""
+        """A connection in a transaction holding the journal's write lock."""
+
+        def begin(connection: Any) -> Any:
+            connection.execute("BEGIN")
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            return connection
+
+        return self._on_a_live_connection(begin)
+
+    def _on_a_live_connection(self, use: Callable[[Any], _T]) -> _T:
+        """``use(connection)``, before anything is written. A connection that died while idle (PostgreSQL
+        restarted, a proxy's idle timeout) is only found out by using it; nothing has been done on it yet,
+        so it is replaced and ``use`` runs once more rather than failing the caller."""
         for attempt in (1, 2):
             connection = self._connect()
             try:
-                connection.execute("BEGIN")
-                connection.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-                return connection
+                return use(connection)
             except self._psycopg.OperationalError as exc:
                 self._discard()
                 if attempt == 2:
@@ -303,18 +312,10 @@ class PostgresBackend:
                 self._connection = None
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        with self._lock:
-            for attempt in (1, 2):  # a read is safe to run again on a new connection
-                connection = self._connect()
-                try:
-                    rows: list[Any] = connection.execute(_postgres_sql(sql),
-                                                         tuple(params) if params else None).fetchall()
-                    return rows
-                except self._psycopg.OperationalError as exc:
-                    self._discard()
-                    if attempt == 2:
-                        raise JournalUnavailable(f"journal database: {_short(exc)}") from None
-            raise AssertionError("unreachable")
+        with self._lock:  # a read: safe to run again on a new connection
+            return self._on_a_live_connection(
+                lambda connection: list(connection.execute(_postgres_sql(sql), tuple(params) if params else None)
+                                        .fetchall()))
 
     def rowcounts(self, db: Connection, sql: str, params: Sequence[Sequence[Any]]) -> list[int]:
         """Run ``sql`` once per parameter tuple, in order, in one round trip (a group commit of 20
