@@ -440,20 +440,12 @@ def install_webhooks(app: FastAPI, settings: Settings) -> None:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(WebhookError)
-    async def _webhook_error(request: Request, exc: WebhookError) -> JSONResponse:
-        status = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 400)
-        logger.warning("webhook refused (%d): %s", status, exc)
-        if request.url.path.startswith("/webhooks/"):
-            provider = request.url.path.removeprefix("/webhooks/")
-            request.app.state.runtime.metrics.rejected.labels(provider, type(exc).__name__).inc()
-        return JSONResponse({"error": str(exc)}, status_code=status)
-
     @app.exception_handler(JournalUnavailable)
-    async def _journal_down(request: Request, exc: JournalUnavailable) -> JSONResponse:
-        """The journal's database cannot be reached: nothing was acknowledged, so the sender retries (GitHub
-        shows the failed delivery, and redelivery recovers it)."""
-        logger.error("journal unavailable: %s", exc)
-        return JSONResponse({"error": f"journal unavailable: {exc}"}, status_code=503, headers={"Retry-After": "5"})
+    async def _refused(request: Request, exc: Exception) -> JSONResponse:
+        path = request.url.path
+        provider = path.removeprefix("/webhooks/") if path.startswith("/webhooks/") else None
+        status, answer, headers = refusal(exc, provider=provider, metrics=request.app.state.runtime.metrics)
+        return JSONResponse(answer, status_code=status, headers=headers)
 
     def webhook_route(provider: WebhookProvider) -> None:
         async def receive(request: Request) -> JSONResponse:
@@ -538,16 +530,21 @@ async def accept(
             return 202, {"status": "queued", "delivery": delivery_id}
 
 
-def refusal(exc: Exception, *, provider: str, metrics: Metrics) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """The answer to a refused delivery (status, body, headers): what the exception handlers of
-    :func:`install_webhooks` answer, for callers without them (the intake's fast path)."""
+def refusal(
+    exc: Exception, *, provider: str | None, metrics: Metrics,
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """The answer to a refused request (status, body, headers), given by the exception handlers of
+    :func:`install_webhooks` and by the intake's fast path. A :class:`WebhookError` of a webhook route
+    (``provider``) is counted in ``devstack_webhook_rejected_total``. :class:`JournalUnavailable`: nothing
+    was acknowledged, so the sender retries (GitHub shows the failed delivery, and redelivery recovers it)."""
     if isinstance(exc, JournalUnavailable):
         logger.error("journal unavailable: %s", exc)
         return 503, {"error": f"journal unavailable: {exc}"}, {"Retry-After": "5"}
     assert isinstance(exc, WebhookError)
     status = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 400)
     logger.warning("webhook refused (%d): %s", status, exc)
-    metrics.rejected.labels(provider, type(exc).__name__).inc()
+    if provider is not None:
+        metrics.rejected.labels(provider, type(exc).__name__).inc()
     return status, {"error": str(exc)}, {}
 
 
