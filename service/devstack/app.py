@@ -164,9 +164,8 @@ def create_app(
         try:
             yield
         finally:
-            app.state.committer.close()
+            close_webhook_state(app)
             runtime.close()
-            app.state.decoder.close()
 
     app = FastAPI(title="devstack", version=__version__, lifespan=lifespan)
     security = settings.security
@@ -407,8 +406,8 @@ def open_webhook_state(app: FastAPI, settings: Settings, *, journal: Journal, do
     """What the webhook route reads from ``app.state`` besides the runtime: the providers' secrets
     (registered with the scrubber, the start-up log says which providers are on), the decoder and the
     group committer into ``journal``, which rings ``doorbell`` (``devstack intake``: wake the worker of
-    ``devstack serve`` now) after each commit with new work. The lifespan closes ``committer`` and
-    ``decoder``."""
+    ``devstack serve`` now) after each commit with new work. The lifespan calls
+    :func:`close_webhook_state` before closing the journal."""
     app.state.webhook_secrets = {p.name: webhook_secrets(settings, p.name) for p in webhook_providers()}
     log_webhook_providers(settings, app.state.webhook_secrets)
     redact.register(*(s for values in app.state.webhook_secrets.values() for s in values))
@@ -420,6 +419,13 @@ def open_webhook_state(app: FastAPI, settings: Settings, *, journal: Journal, do
                 ring(doorbell, queue)
 
     app.state.committer = GroupCommitter(journal, on_commit=None if doorbell is None else wake)
+
+
+def close_webhook_state(app: FastAPI) -> None:
+    """Close what :func:`open_webhook_state` opened: the group committer (its last group is committed
+    first, so before the journal closes) and the decoder."""
+    app.state.committer.close()
+    app.state.decoder.close()
 
 
 def install_webhooks(app: FastAPI, settings: Settings) -> None:

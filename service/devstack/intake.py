@@ -29,6 +29,7 @@ from devstack.app import (
     BodyLimit,
     accept,
     capped_body,
+    close_webhook_state,
     install_webhooks,
     open_webhook_state,
     refusal,
@@ -67,9 +68,8 @@ def create_intake_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
-            app.state.committer.close()
+            close_webhook_state(app)
             journal.close()
-            app.state.decoder.close()
 
     app = FastAPI(title="devstack intake", version=__version__, lifespan=lifespan)
     app.add_middleware(FastWebhooks, settings=settings)  # webhooks skip FastAPI's routing and handlers
