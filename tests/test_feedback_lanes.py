@@ -251,16 +251,16 @@ def test_a_provider_without_a_token_has_its_feedback_recorded_in_bulk_and_a_newe
 
     journal._tx = counted  # type: ignore[method-assign]
     newer = _feedback(Provider.GITLAB, "platform/ledger", 7)
-    render = sender._body
+    render = sender._rendered
 
-    def render_then_push(item: object) -> str:  # a new state of MR 7 arrives while the pass renders
-        body = render(item)  # type: ignore[arg-type]
+    def render_then_push(item: object) -> tuple[Feedback | None, str]:  # MR 7's new state comes while rendering
+        rendered = render(item)  # type: ignore[arg-type]
         if getattr(item, "pr", "") == newer.pr.key:
             journal.enqueue_feedback(pr=newer.pr.key, provider="gitlab",
                                      payload={**feedback_to_dict(newer), "sha": "b" * 40})
-        return body
+        return rendered
 
-    sender._body = render_then_push  # type: ignore[method-assign]
+    sender._rendered = render_then_push  # type: ignore[method-assign]
     assert sender.run_once(lanes={"gitlab"}, limit=100) == 25
     assert transactions[0] == 2  # the newer state's enqueue, and the one that recorded all 25
     items = {item.pr: item for item in journal.feedback() if item.provider == "gitlab"}

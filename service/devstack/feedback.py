@@ -323,17 +323,18 @@ class FeedbackSender:
         items = self._journal.take_feedback(limit=limit, only=offline)
         if not items:
             return 0
-        self._journal.feedback_recorded([(item, self._body(item)) for item in items])
+        self._journal.feedback_recorded([(item, self._rendered(item)[1]) for item in items])
         logger.info("feedback recorded locally for %d PR(s) (no %s token configured)", len(items),
                     " or ".join(sorted({item.provider for item in items})))
         return len(items)
 
-    def _body(self, item: OutboxItem) -> str:
-        """What the PR is told: a command's reply as it is, a state rendered as the sticky comment."""
+    def _rendered(self, item: OutboxItem) -> tuple[Feedback | None, str]:
+        """What the PR is told: a command's reply as it is (no feedback state), or the state and its
+        sticky comment."""
         if item.payload.get("kind") == "reply":
-            return str(item.payload["body"])
+            return None, str(item.payload["body"])
         feedback = feedback_from_dict(item.payload)
-        return render_comment(feedback, live=self._live(feedback.feature))
+        return feedback, render_comment(feedback, live=self._live(feedback.feature))
 
     def _lane(self, item: OutboxItem) -> str:
         """The write budget an item spends: its provider's, or its GitHub App installation's."""
@@ -395,10 +396,7 @@ class FeedbackSender:
     def _send(self, item: OutboxItem, *, lane: str | None = None) -> None:
         lane = lane or item.provider
         client = self._clients.get(item.provider)
-        reply = item.payload.get("kind") == "reply"
-        feedback = None if reply else feedback_from_dict(item.payload)
-        body = (render_comment(feedback, live=self._live(feedback.feature)) if feedback is not None
-                else str(item.payload["body"]))
+        feedback, body = self._rendered(item)
         if client is None:
             self._journal.feedback_sent(item, body=body, status="recorded")
             logger.info("feedback recorded locally (no %s token configured)", item.provider)
