@@ -50,16 +50,21 @@ def role(serve: Serve) -> str:
     return str(httpx.get(serve.url + "/readyz", timeout=5).json().get("role", ""))
 
 
-def send_to_any(replicas: list[Serve], event: Delivery, start: int) -> tuple[int, int]:
-    """POST ``event`` to a replica, trying the next one when a replica is gone (what a Service in front
-    of them does); returns (the replica that answered, its status)."""
+def post(base: str, event: Delivery) -> httpx.Response:
+    """``event`` POSTed to ``base``'s GitHub webhook route, signed as GitHub signs it."""
     body = json.dumps(event.payload()).encode()
     headers = {"Content-Type": "application/json", "X-GitHub-Event": "pull_request", "X-GitHub-Delivery": event.id,
                "X-Hub-Signature-256": sign(body, SECRET)}
+    return httpx.post(base + "/webhooks/github", content=body, headers=headers, timeout=10)
+
+
+def send_to_any(replicas: list[Serve], event: Delivery, start: int) -> tuple[int, int]:
+    """POST ``event`` to a replica, trying the next one when a replica is gone (what a Service in front
+    of them does); returns (the replica that answered, its status)."""
     for attempt in range(len(replicas) * 3):
         index = (start + attempt) % len(replicas)
         try:
-            response = httpx.post(replicas[index].url + "/webhooks/github", content=body, headers=headers, timeout=10)
+            response = post(replicas[index].url, event)
         except httpx.HTTPError:
             continue
         if response.status_code in (200, 202):
@@ -148,10 +153,7 @@ def test_postgres_connections_cut_mid_burst_refuse_with_503_and_lose_nothing(
                 with journal_postgres.superconnect() as connection:
                     connection.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
                                        " AND pid <> pg_backend_pid()", (database,))
-            body = json.dumps(event.payload()).encode()
-            response = httpx.post(server.url + "/webhooks/github", content=body, timeout=10, headers={
-                "Content-Type": "application/json", "X-GitHub-Event": "pull_request", "X-GitHub-Delivery": event.id,
-                "X-Hub-Signature-256": sign(body, SECRET)})
+            response = post(server.url, event)
             assert response.status_code in (202, 503), response.text
             if response.status_code == 503:
                 refused.append(event)
@@ -247,10 +249,7 @@ def test_postgres_restarted_mid_burst_serve_and_intake_answer_503_and_lose_nothi
                 while httpx.get(intake.url + "/readyz", timeout=10).status_code != 200:
                     assert time.monotonic() < deadline, intake.log.read_text()[-2000:]
                     time.sleep(0.1)
-            body = json.dumps(event.payload()).encode()
-            response = httpx.post(front[index % 2] + "/webhooks/github", content=body, timeout=10, headers={
-                "Content-Type": "application/json", "X-GitHub-Event": "pull_request", "X-GitHub-Delivery": event.id,
-                "X-Hub-Signature-256": sign(body, SECRET)})
+            response = post(front[index % 2], event)
             if index in down:
                 assert response.status_code == 503 and response.headers["Retry-After"], response.text
                 assert "journal unavailable" in response.json()["error"] and pg.superpassword not in response.text
