@@ -148,6 +148,31 @@ def test_two_journals_on_one_file_never_take_the_same_batch(where: Path | str) -
     assert [d.delivery_id for d in cli.take_batch(limit=10)] == ["d2", "d3"]
 
 
+def test_a_batch_larger_than_one_in_list_is_claimed_completed_and_released_whole(where: Path | str) -> None:
+    """Claims, completions and releases go 500 seqs per statement (``in_lists``): 1,203 rows cross two
+    part boundaries and leave a remainder; none of them may be left out or touched twice, and a release
+    never drops another process's claim."""
+    clock = Clock()
+    server = Journal(where, clock=clock, owner="server")
+    cli = Journal(where, clock=clock, owner="cli")
+    assert server.record_many([{"delivery_id": f"d{i}", "provider": "github", "event": "pull_request",
+                                "pr": f"k{i % 200}", "payload": "{}"} for i in range(1203)]) == 1203
+    batch = server.take_batch(limit=2000)
+    assert [d.delivery_id for d in batch] == [f"d{i}" for i in range(1203)]
+    assert cli.take_batch(limit=2000) == []  # every row claimed, the last part's too
+    done = batch[:1100]
+    server.complete({d.seq: ("applied" if i % 2 else f"applied: reason {i % 3}") for i, d in enumerate(done)})
+    assert server.counts() == {"pending": 103, "done": 1100, "ignored": 0, "dead": 0}
+    for i in (0, 499, 500, 501, 999, 1000, 1099):
+        assert server.get(f"d{i}").outcome == ("applied" if i % 2 else f"applied: reason {i % 3}")  # type: ignore[union-attr]
+    assert cli.take_batch(limit=2000) == []  # the 103 left are still claimed by the server
+    server.release([d.seq for d in batch])
+    rest = cli.take_batch(limit=2000)
+    assert [d.delivery_id for d in rest] == [f"d{i}" for i in range(1100, 1203)]
+    server.release([d.seq for d in batch])  # not the server's any more: the CLI's claim stands
+    assert server.take_batch(limit=2000) == []
+
+
 def test_a_crashed_claimers_rows_are_claimable_after_the_lease(where: Path | str) -> None:
     """Defect pinned (with claims): a process killed while holding a batch must not block the queue for
     ever. Its rows become claimable when the lease ends, or at once when the claimer was a process on

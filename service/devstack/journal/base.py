@@ -7,10 +7,23 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from devstack.journal.backend import Connection, Notifications, PostgresBackend, open_backend
 from devstack.journal.model import DEFAULT_LEASE, new_owner
+
+_V = TypeVar("_V")
+_IN_LIST = 500  # values bound per IN (...) list (SQLite allows 32,766 bound values, PostgreSQL 65,535)
+
+
+def in_lists(values: Iterable[_V]) -> Iterator[tuple[str, list[_V]]]:
+    """``values`` 500 at a time, each part with its ``?,?,…`` placeholders, for ``WHERE x IN (…)``: one
+    statement per 500 rows rather than one per row (on PostgreSQL a statement costs about 40 µs of the
+    writer's CPU however small it is; a 1,000-delivery batch was 3,000 of them)."""
+    items = list(values)
+    for start in range(0, len(items), _IN_LIST):
+        part = items[start:start + _IN_LIST]
+        yield ",".join("?" * len(part)), part
 
 
 class _Base:
@@ -72,11 +85,8 @@ class _Base:
     def _present(self, table: str, column: str, values: Iterable[str]) -> set[str]:
         """Which of ``values`` are in ``table.column`` (``table`` and ``column`` are this module's names,
         never input), asked 500 at a time."""
-        wanted = sorted(set(values))
         found: set[str] = set()
-        for start in range(0, len(wanted), 500):
-            part = wanted[start:start + 500]
-            marks = ",".join("?" * len(part))  # placeholders only: the values are bound
+        for marks, part in in_lists(sorted(set(values))):  # placeholders only: the values are bound
             rows = self._query(f"SELECT {column} FROM {table} WHERE {column} IN ({marks})", part)  # noqa: S608
             found.update(row[column] for row in rows)
         return found

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from devstack.journal.backend import Connection
-from devstack.journal.base import _Base
+from devstack.journal.base import _Base, in_lists
 from devstack.journal.model import Delivery, _delivery, _kind, backoff_delay, claimer_gone
 from devstack.journal.outbox import _enqueue_many
 
@@ -136,11 +136,13 @@ class _Deliveries(_Base):
                     break  # another process is applying it: it and what follows are not ours to take
                 taken.append(row)
             if taken:
-                db.executemany(
-                    "UPDATE deliveries SET claimed_by = ?, claim_expires = ? WHERE seq = ?",
-                    [(self.owner, now + self._lease, row["seq"]) for row in taken],
-                )
+                self._claim(db, [row["seq"] for row in taken], until=now + self._lease)
         return [_delivery(row) for row in taken]
+
+    def _claim(self, db: Connection, seqs: Sequence[int], *, until: float) -> None:
+        for marks, part in in_lists(seqs):
+            db.execute(f"UPDATE deliveries SET claimed_by = ?, claim_expires = ? WHERE seq IN ({marks})",  # noqa: S608
+                       (self.owner, until, *part))
 
     def release_claims_of_others(self) -> int:
         """Void every claim another process holds on pending rows; returns how many.
@@ -157,8 +159,9 @@ class _Deliveries(_Base):
     def release(self, seqs: Sequence[int]) -> None:
         """Drop this journal's claim on ``seqs`` (those still pending go back to whoever is next)."""
         with self._tx() as db:
-            db.executemany("UPDATE deliveries SET claimed_by = '', claim_expires = 0 WHERE seq = ? AND claimed_by = ?",
-                           [(seq, self.owner) for seq in seqs])
+            for marks, part in in_lists(seqs):
+                db.execute("UPDATE deliveries SET claimed_by = '', claim_expires = 0 WHERE claimed_by = ?"  # noqa: S608
+                           f" AND seq IN ({marks})", (self.owner, *part))
 
     def take_in_order_per_pr(self, *, limit: int, queue: str = "comments") -> list[Delivery]:
         """The pending deliveries that are due, oldest first, in order *per PR*.
@@ -184,10 +187,7 @@ class _Deliveries(_Base):
                     continue
                 taken.append(row)
             if taken:
-                db.executemany(
-                    "UPDATE deliveries SET claimed_by = ?, claim_expires = ? WHERE seq = ?",
-                    [(self.owner, now + self._lease, row["seq"]) for row in taken],
-                )
+                self._claim(db, [row["seq"] for row in taken], until=now + self._lease)
         return [_delivery(row) for row in taken]
 
     def known_head(self, pr: str) -> str:
@@ -214,11 +214,14 @@ class _Deliveries(_Base):
         """Mark deliveries done (seq -> outcome) and enqueue feedback ``(pr, provider, payload)``, atomically."""
         now = self._clock()
         with self._tx() as db:
-            db.executemany(
-                "UPDATE deliveries SET status = 'done', outcome = ?, finished_at = ?, last_error = '',"
-                " claimed_by = '', claim_expires = 0 WHERE seq = ?",
-                [(outcome[:500], now, seq) for seq, outcome in outcomes.items()],
-            )
+            by_outcome: dict[str, list[int]] = {}  # a batch's outcomes are a few strings: one statement each
+            for seq, outcome in outcomes.items():
+                by_outcome.setdefault(outcome[:500], []).append(seq)
+            for outcome, seqs in by_outcome.items():
+                for marks, part in in_lists(seqs):
+                    db.execute("UPDATE deliveries SET status = 'done', outcome = ?, finished_at = ?,"  # noqa: S608
+                               f" last_error = '', claimed_by = '', claim_expires = 0 WHERE seq IN ({marks})",
+                               (outcome, now, *part))
             states = list(feedback)
             # the newest delivery this batch's states reflect
             _enqueue_many(db, states, now=now, state_seq=max(outcomes, default=0))
