@@ -508,6 +508,45 @@ def test_work_journaled_by_another_process_wakes_the_listener_at_once(
     assert not leader.wait("git", 0.5)
 
 
+def test_a_notify_goes_out_with_its_commit_and_names_only_a_queue(
+    two_processes: tuple[Journal, Journal, Notifications],
+) -> None:
+    """The ``NOTIFY`` travels with the ``COMMIT`` (one round trip); the queue's name becomes a literal in
+    it, so anything but a queue name is refused and its transaction rolled back, nothing written."""
+    leader, intake, _ = two_processes
+    with intake._tx() as db:
+        intake._announce(db, ["git", "comments", "git"])
+        assert not leader.wait("git", 0.3)  # not before the commit
+    assert leader.wait("git", 5.0) and leader.wait("comments", 5.0)
+
+    def hostile() -> None:
+        with intake._tx() as db:
+            db.execute("INSERT INTO deliveries (delivery_id, provider, event, pr, payload, status, queue, outcome,"
+                       " received_at) VALUES ('x1', 'github', 'pull_request', '', '', 'pending', 'git', '', 0)")
+            intake._announce(db, ["git'; DELETE FROM deliveries; --"])
+
+    with pytest.raises(ValueError, match="not a journal queue name"):
+        hostile()
+    assert intake.get("x1") is None
+    assert not leader.wait("git", 0.5)
+
+
+def test_a_failing_begin_or_commit_raises_what_psycopg_would(
+    two_processes: tuple[Journal, Journal, Notifications],
+) -> None:
+    """``BEGIN`` and ``COMMIT`` go straight through libpq on PostgreSQL: a statement the server refuses
+    raises psycopg's own error class (as ``execute`` would), and the session stays usable."""
+    import psycopg
+
+    journal = two_processes[1]
+    backend = journal._backend
+    connection = backend._connect()  # type: ignore[union-attr]
+    with pytest.raises(psycopg.errors.SyntaxError):
+        backend._command(connection, "BEGIN; SELEC 1")  # type: ignore[union-attr]
+    backend._command(connection, "ROLLBACK")  # type: ignore[union-attr]
+    assert journal.record(delivery_id="after", provider="github", event="pull_request", pr="k", payload="{}")
+
+
 def test_the_listener_reconnects_and_looks_once_for_what_it_missed(
     two_processes: tuple[Journal, Journal, Notifications], journal_postgres: Any,
 ) -> None:
