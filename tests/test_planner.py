@@ -207,3 +207,50 @@ def test_a_file_without_a_namespace_owner_is_invalid(settings: Settings) -> None
     del element["values"]["namespaceOwner"]
     with pytest.raises(InvalidEntry, match="namespace"):
         entries.validate("login-fix", [element])
+
+
+def test_a_kept_index_plans_exactly_what_a_fresh_one_does_across_batches_and_hand_edits(
+    settings: Settings,
+) -> None:
+    """The worker keeps one :class:`KeyIndex` between batches and it re-reads only the entries whose
+    element lists are new objects (the entry cache hands back the same objects for unchanged files).
+    Built to collide: between batches another writer moves a PR's elements to another file, deletes a
+    file, and rewrites one with equal content; every plan must equal the plan of a fresh index."""
+    from devstack.planner import KeyIndex
+
+    kept = KeyIndex()
+    state: dict[str, list[dict[str, Any]]] = {}
+
+    def step(*events: PullRequestEvent) -> Plan:
+        nonlocal state
+        with_kept = plan(events=list(events), entries=state, catalog=settings, now=T0, index=kept)
+        fresh = plan(events=list(events), entries=state, catalog=settings, now=T0)
+        assert with_kept == fresh
+        # as the worker's entry cache does: changed files decoded anew, unchanged ones the same objects
+        state = {feature: (state[feature] if feature in state and feature not in with_kept.changed
+                           else [dict(e) for e in elements])
+                 for feature, elements in with_kept.entries.items()}
+        return with_kept
+
+    pay = event(labels=("devstack/feature:checkout",))
+    ledger = event(repo="acme/ledger", number=9, url="https://github.com/acme/ledger/pull/9", delivery_id="d9",
+                   head_sha=SHA2, labels=("devstack/feature:checkout",))
+    billing = event(number=7, url="https://github.com/acme/payments/pull/7", delivery_id="d7", head_branch="billing")
+    step(pay, ledger, billing)
+    assert sorted(e["service"] for e in state["checkout"]) == ["ledger", "payments-api"]
+    step(replace(billing, action="synchronize", delivery_id="d8"))  # the kept index has read every file now
+
+    # a hand edit moves the ledger PR's element into another stack's file (an existing feature, new list)
+    [ledger_element] = [e for e in state["checkout"] if e["service"] == "ledger"]
+    state = {**state, "checkout": [e for e in state["checkout"] if e["service"] != "ledger"],
+             "billing": [*state["billing"], {**ledger_element, "namespace": "preview-billing"}]}
+    moved = step(replace(ledger, action="synchronize", head_sha=SHA1, delivery_id="d10"))
+    assert moved.changed.keys() == {"billing", "checkout"}  # found where the hand put it, and taken back
+
+    # equal content, new objects; and a file deleted behind the worker's back
+    state = {feature: [dict(e) for e in elements] for feature, elements in state.items()}
+    state.pop("billing", None)
+    step(replace(ledger, action="synchronize", head_sha=SHA2, delivery_id="d11"))
+    assert "billing" not in state and "billing" not in kept.features(billing.key)  # forgotten, not kept around
+    closed = step(replace(pay, action="closed", state=PullRequestState.CLOSED, delivery_id="d12"))
+    assert "payments-api" not in {e["service"] for elements in closed.entries.values() for e in elements}

@@ -49,7 +49,7 @@ from devstack.journal.backend import JournalUnavailable
 from devstack.log import bind
 from devstack.metrics import Metrics
 from devstack.naming import entry_filename
-from devstack.planner import Plan, PlannerEvent, feature_of, plan, pr_tag, why_no_preview
+from devstack.planner import KeyIndex, Plan, PlannerEvent, feature_of, plan, pr_tag, why_no_preview
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class EntryCache:
 
     def __init__(self) -> None:
         self._files: dict[str, tuple[bytes, list[Element] | None, str]] = {}
+        self._quarantined: dict[str, str] = {}
 
     def decode(self, files: Mapping[str, bytes]) -> dict[str, list[Element]]:
         decoded: dict[str, tuple[bytes, list[Element] | None, str]] = {}
@@ -94,12 +95,13 @@ class EntryCache:
                 continue
             decoded[feature] = (data, elements, "")
         self._files = decoded
+        self._quarantined = {feature: reason for feature, (_, elements, reason) in decoded.items() if elements is None}
         return {feature: elements for feature, (_, elements, _) in decoded.items() if elements is not None}
 
     @property
     def quarantined(self) -> dict[str, str]:
         """feature -> why its entry file (as last decoded) cannot be read."""
-        return {feature: reason for feature, (_, elements, reason) in self._files.items() if elements is None}
+        return dict(self._quarantined)
 
 
 class Worker:
@@ -120,6 +122,7 @@ class Worker:
         self._store = store
         self._clock = clock
         self._cache = EntryCache()
+        self._index = KeyIndex()  # kept between batches: each plan re-reads only the entries that changed
         self._snapshot: dict[str, list[Element]] = {}
         self._quarantine: dict[str, str] = {}
         self._snapshot_lock = threading.Lock()
@@ -319,7 +322,7 @@ class Worker:
             ordered = [event for seq, event in events.items() if seq not in blocked]
             try:
                 result = plan(events=ordered, entries=current, catalog=self._settings, now=self._clock(),
-                              approvals=approvals, activity=activity, gates=gates)
+                              approvals=approvals, activity=activity, gates=gates, index=self._index)
             except Exception as exc:
                 raise PlanFailed(f"planning failed: {type(exc).__name__}: {exc}"[:1000]) from exc
             out: dict[str, bytes | None] = {}

@@ -36,6 +36,7 @@ from devstack.planner.model import (
     Decision,
     Feedback,
     GateNote,
+    KeyIndex,
     Plan,
     PlannerEvent,
     ServiceLink,
@@ -46,7 +47,7 @@ from devstack.planner.model import (
 )
 
 __all__ = [
-    "CLI_REQUESTER", "NEVER", "Decision", "Feedback", "GateNote", "Plan", "PlannerEvent", "ServiceLink",
+    "CLI_REQUESTER", "NEVER", "Decision", "Feedback", "GateNote", "KeyIndex", "Plan", "PlannerEvent", "ServiceLink",
     "base_element", "build_element", "dependency_closure", "feature_of", "feature_text", "format_time", "host",
     "label", "plan", "pr_tag", "source_key", "stack_expiry", "stack_feedback", "why_no_preview",
 ]

@@ -25,6 +25,7 @@ from devstack.planner.feedback import _canonical, _feedback
 from devstack.planner.model import (
     Decision,
     GateNote,
+    KeyIndex,
     Plan,
     PlannerEvent,
     _Batch,
@@ -50,6 +51,7 @@ def plan(
     approvals: Mapping[str, str] | None = None,
     activity: Mapping[str, float] | None = None,
     gates: Mapping[tuple[str, str], Mapping[str, GateStatus]] | None = None,
+    index: KeyIndex | None = None,
 ) -> Plan:
     """Apply ``events`` in order to ``entries`` and say what changed and whom to tell.
 
@@ -57,10 +59,12 @@ def plan(
     ``activity``: the journal's activity table (key -> epoch seconds, :func:`devstack.sleep.activity_key`):
     a ``sleep`` the reaper decided is not applied to a service active since the reaper looked.
     ``gates``: (PR key, head sha) -> service -> its gate for that sha; a service not named has no gate.
+    ``index``: a :class:`~devstack.planner.model.KeyIndex` kept between calls (the worker's), brought up to
+    date with ``entries`` here; without one, ``entries`` are indexed from scratch.
     ``now`` is part of the contract but deliberately unused today: every time the planner needs is
     the ``received_at`` of an event (or command), so replaying a journal gives the same bytes.
     """
-    state = _State(entries)
+    state = _State(entries, index=index)
     batch = _Batch(activity=activity or {})
     decisions: list[Decision] = []
     for event in events:
@@ -90,7 +94,9 @@ def plan(
             changed[feature] = new
     feedback = _feedback(state=state, batch=batch, catalog=catalog)
     del now
-    after = {feature: list(elements) for feature, elements in state.current.items()}
+    # what the batch did not touch is the caller's own (never changed in place): shared, not copied
+    after = {feature: elements if isinstance(elements, list) else list(elements)
+             for feature, elements in state.current.items()}
     return Plan(entries=after, changed=changed, feedback=feedback, decisions=decisions, active=dict(batch.active))
 
 

@@ -101,24 +101,74 @@ class _Batch:
     gates: dict[str, tuple[str, list[GateNote]]] = field(default_factory=dict)
 
 
+class KeyIndex:
+    """PR key -> the features whose elements name it (as requester or builder), over a set of entries.
+
+    The worker keeps one between batches (:func:`~devstack.planner.plan`'s ``index``): :meth:`update`
+    reads again only the features whose elements are not the very objects it read last time (the entry
+    cache hands back the same objects for unchanged files), so planning one event over 10,000 entries
+    costs what changed, not what the repository holds. Element lists are never changed in place (the
+    planner copies on write), which is what makes identity enough."""
+
+    def __init__(self) -> None:
+        self._read: dict[str, tuple[Sequence[Element], frozenset[str]]] = {}  # feature -> (elements, its keys)
+        self._features: dict[str, set[str]] = {}  # PR key -> features naming it
+
+    def update(self, entries: Mapping[str, Sequence[Element]]) -> KeyIndex:
+        """Index ``entries`` (and nothing else); returns self."""
+        for feature in [f for f in self._read if f not in entries]:
+            self._forget(feature)
+        for feature, elements in entries.items():
+            known = self._read.get(feature)
+            if known is not None and known[0] is elements:
+                continue
+            if known is not None:
+                self._forget(feature)
+            keys = keys_named(elements)
+            self._read[feature] = (elements, keys)
+            for key in keys:
+                self._features.setdefault(key, set()).add(feature)
+        return self
+
+    def features(self, key: str) -> frozenset[str] | set[str]:
+        return self._features.get(key, frozenset())
+
+    def _forget(self, feature: str) -> None:
+        for key in self._read.pop(feature)[1]:
+            features = self._features[key]
+            features.discard(feature)
+            if not features:
+                del self._features[key]
+
+
+def keys_named(elements: Iterable[Element]) -> frozenset[str]:
+    """The PR keys ``elements`` name: who requested each, and the PR that builds it."""
+    keys: set[str] = set()
+    for element in elements:
+        keys.update(element["requestedBy"])
+        built = source_key(element)
+        if built:
+            keys.add(built)
+    return frozenset(keys)
+
+
 class _State:
     """The entries while one batch is planned.
 
     Copy on write: a feature's elements are copied the first time the batch changes them, so the
     caller's entries (shared with the worker's cache and snapshot) are never mutated, and a batch
-    costs what it touches, not what the repository holds. An index from PR key to the features that
-    name it (as requester or builder) spares scanning every stack for every event.
+    costs what it touches, not what the repository holds. The PR key -> features index of the entries
+    as they came (:class:`KeyIndex`, the worker's kept one or a new one) is read only; the features the
+    batch changed are indexed beside it.
     """
 
-    def __init__(self, entries: Mapping[str, Sequence[Element]]) -> None:
+    def __init__(self, entries: Mapping[str, Sequence[Element]], *, index: KeyIndex | None = None) -> None:
         self.before = entries
         self.current: dict[str, Sequence[Element]] = dict(entries)
         self.touched: set[str] = set()
-        self._keys: dict[str, set[str]] = {}  # feature -> PR keys it names
-        self._features: dict[str, set[str]] = {}  # PR key -> features naming it
-        for feature in entries:
-            self._index(feature)
-        self._features_before = {key: frozenset(features) for key, features in self._features.items()}
+        self._base = (index or KeyIndex()).update(entries)
+        self._keys: dict[str, frozenset[str]] = {}  # feature reindexed in this batch -> the PR keys it names
+        self._features: dict[str, set[str]] = {}  # PR key -> features reindexed in this batch naming it
 
     def get(self, feature: str) -> Sequence[Element]:
         return self.current.get(feature, ())
@@ -141,7 +191,9 @@ class _State:
         self._index(feature)
 
     def features_naming(self, key: str) -> list[str]:
-        return sorted(self._features.get(key, ()))
+        found = {feature for feature in self._base.features(key) if feature not in self._keys}
+        found.update(self._features.get(key, ()))
+        return sorted(found)
 
     def stack_of(self, key: str) -> str | None:
         """The feature whose stack PR ``key`` asks for (first by name, should there be two)."""
@@ -149,18 +201,13 @@ class _State:
 
     def stack_before(self, key: str) -> str | None:
         """:meth:`stack_of` in the entries as they were before the batch."""
-        features = sorted(self._features_before.get(key, ()))
+        features = sorted(self._base.features(key))
         return next((f for f in features if key in _requesters(self.before.get(f, ()))), None)
 
     def _index(self, feature: str) -> None:
-        for key in self._keys.pop(feature, ()):
+        for key in self._keys.get(feature, ()):
             self._features[key].discard(feature)
-        keys: set[str] = set()
-        for element in self.current.get(feature, ()):
-            keys.update(element["requestedBy"])
-            built = source_key(element)
-            if built:
-                keys.add(built)
+        keys = keys_named(self.current.get(feature, ()))
         self._keys[feature] = keys
         for key in keys:
             self._features.setdefault(key, set()).add(feature)
