@@ -232,3 +232,42 @@ def test_a_gitops_repo_without_any_commit_is_an_empty_report(settings: Settings,
     result = usage.UsageCache().report(repo=repo, settings=settings, window=timedelta(days=30), by="team",
                                        now=UNTIL)
     assert result.rows == [] and "no previews between" in result.table()
+
+
+@pytest.mark.parametrize("text", ["250m", "128Mi", "1", "1.5", "2Gi", "100k", "1e3", "0", "-1", "12xx", "", "Mi",
+                                  "1.5.5", "9" * 30 + "Ei"])
+def test_quantities_parse_exactly_as_the_kubernetes_client_parses_them(text: str) -> None:
+    """devstack loads the client's quantity module on its own (not the 36 MB client); same answers, same
+    errors."""
+    from kubernetes.utils import parse_quantity as theirs
+
+    from devstack.quantity import parse_quantity as ours
+
+    try:
+        expected: object = theirs(text)
+    except ValueError as exc:
+        expected = ("ValueError", str(exc))
+    try:
+        got: object = ours(text)
+    except ValueError as exc:
+        got = ("ValueError", str(exc))
+    assert got == expected
+
+
+def test_the_webhook_processes_never_load_the_kubernetes_client(tmp_path: Path) -> None:
+    """``devstack intake`` and a local ``devstack serve`` never talk to a cluster: the client (36 MB) stays
+    out of them, even with resource quantities in the catalog and the usage report built."""
+    import sys
+
+    code = (
+        "import sys\n"
+        "import devstack.app, devstack.cli, devstack.intake, devstack.runtime, devstack.usage, devstack.dashboard\n"
+        "from devstack.catalog import ServiceSettings\n"
+        "ServiceSettings.model_validate({'repo': 'acme/api', 'image': 'ghcr.io/acme/api',"
+        " 'resources': {'cpu': '250m', 'memory': '128Mi'}})\n"
+        "print('kubernetes' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "False"

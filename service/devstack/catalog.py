@@ -298,7 +298,7 @@ class ServiceSettings(_Model):
     @field_validator("resources")
     @classmethod
     def _resources(cls, value: dict[str, str]) -> dict[str, str]:
-        from kubernetes.utils import parse_quantity
+        from devstack.quantity import parse_quantity
 
         problems = [f"unknown key {key[:20]!r} (cpu, memory)" for key in value if key not in ("cpu", "memory")]
         for key, quantity in value.items():

@@ -32,13 +32,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from kubernetes.utils import parse_quantity
-
 from devstack import naming
 from devstack import sleep as sleeping
 from devstack.catalog import Settings
 from devstack.durations import InvalidDuration, parse_duration
 from devstack.errors import ConfigError, TemporaryError
+from devstack.quantity import parse_quantity
 
 By = Literal["author", "repo", "team"]
 BY: tuple[By, ...] = ("author", "repo", "team")
