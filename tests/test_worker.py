@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -330,3 +331,29 @@ def test_stalled_queue_and_quarantine_are_reported_by_readyz_metrics_api_and_das
     server.runtime.worker.drain()
     assert server.get("/readyz").json() == {"status": "ready", "pending": {"git": 0, "comments": 0}}
     assert [p["feature"] for p in server.get("/api/previews").json()] == ["hand", "waiting"]
+
+
+def test_the_previews_answer_streams_one_json_array_in_name_order_across_chunks() -> None:
+    """``/api/previews`` is encoded stack by stack and sent in pieces: joined, the pieces are exactly one
+    JSON array, in name order with the quarantined files between the others (built so that names of
+    both kinds interleave and the pieces break inside the array)."""
+    import json
+
+    from devstack.app import _json_array, iter_previews_view, previews_view
+
+    def stack(feature: str) -> list[dict[str, Any]]:
+        return [{"feature": feature, "service": "api", "namespace": f"preview-{feature}", "expiresAt": "never",
+                 "values": {"host": f"{feature}--api.example.com", "image": {"repository": "r", "tag": "t"}},
+                 "source": {"provider": "github", "repo": "acme/api", "number": "1", "url": "u", "sha": "s",
+                            "branch": feature}}]
+
+    state = {f: stack(f) for f in ("b", "d", "f\u00e9", "a")}
+    quarantined = {"c": "not JSON", "e": "no service", "0": "hand edit"}
+    view = previews_view(state, quarantined=quarantined)
+    assert [p["feature"] for p in view] == ["0", "a", "b", "c", "d", "e", "f\u00e9"]
+    assert [p["quarantined"] is not None for p in view] == [True, False, False, True, False, True, False]
+    for chunk in (1, 7, 64 * 1024):
+        pieces = list(_json_array(iter_previews_view(state, quarantined=quarantined), chunk=chunk))
+        assert json.loads(b"".join(pieces)) == view
+        assert (len(pieces) > 3) == (chunk < 100)
+    assert json.loads(b"".join(_json_array(iter([])))) == []
