@@ -21,7 +21,7 @@ from devstack.events import Provider, PullRequestRef
 from devstack.feedback import FeedbackSender, feedback_to_dict
 from devstack.journal import Journal
 from devstack.planner import Feedback
-from devstack.providers.github import GitHubApp, GitHubClient
+from devstack.providers.github_api import GitHubApp, GitHubClient
 from devstack.runtime import provider_clients
 
 API = "https://ghe.example.com/api/v3"

@@ -25,6 +25,7 @@ from responses import matchers
 from devstack.errors import BadPayload, ProviderError, ProviderRejected, Unauthorized
 from devstack.events import CommentEvent, Provider, PullRequestEvent, PullRequestState
 from devstack.providers import github as gh
+from devstack.providers import github_api
 
 FIXTURES = Path(__file__).parent / "fixtures" / "github"
 SHARED = Path(__file__).parents[1].parent / "shared"
@@ -545,8 +546,8 @@ def api(api_url: str) -> str:
 
 
 @pytest.fixture
-def client(api_url: str) -> gh.GitHubClient:
-    return gh.GitHubClient(api_url=api_url, token=SecretStr(TOKEN), seconds_between_writes=0, timeout=2)
+def client(api_url: str) -> github_api.GitHubClient:
+    return github_api.GitHubClient(api_url=api_url, token=SecretStr(TOKEN), seconds_between_writes=0, timeout=2)
 
 
 @pytest.fixture
@@ -597,7 +598,7 @@ def comment_json(
 
 
 def test_requests_carry_the_token_and_use_the_configured_base(
-    client: gh.GitHubClient, http: responses.RequestsMock, api: str
+    client: github_api.GitHubClient, http: responses.RequestsMock, api: str
 ) -> None:
     http.get(f"{api}/repos/{REPO}/issues/42/comments", json=[])
     http.post(f"{api}/repos/{REPO}/issues/42/comments", json=comment_json(api, id=1, body=MARKER), status=201)
@@ -608,7 +609,7 @@ def test_requests_carry_the_token_and_use_the_configured_base(
 
 
 def test_first_upsert_creates_the_comment(
-    client: gh.GitHubClient, http: responses.RequestsMock, api: str
+    client: github_api.GitHubClient, http: responses.RequestsMock, api: str
 ) -> None:
     body = f"{MARKER}\nPreview: https://login-fix--payments-api.preview.example.com"
     http.get(
@@ -629,7 +630,7 @@ def test_first_upsert_creates_the_comment(
 
 
 def test_upsert_with_id_edits_when_the_body_changed(
-    client: gh.GitHubClient, http: responses.RequestsMock, api: str
+    client: github_api.GitHubClient, http: responses.RequestsMock, api: str
 ) -> None:
     old, new = f"{MARKER}\nsha 8d6a3f2", f"{MARKER}\nsha 5e0c9a1"
     http.get(f"{api}/repos/{REPO}/issues/comments/1001", json=comment_json(api, id=1001, body=old))
@@ -644,7 +645,7 @@ def test_upsert_with_id_edits_when_the_body_changed(
 
 
 def test_upsert_with_the_same_body_writes_nothing(
-    client: gh.GitHubClient, http: responses.RequestsMock, api: str
+    client: github_api.GitHubClient, http: responses.RequestsMock, api: str
 ) -> None:
     body = f"{MARKER}\nsha 8d6a3f2"
     http.get(f"{api}/repos/{REPO}/issues/comments/1001", json=comment_json(api, id=1001, body=body))
@@ -654,7 +655,7 @@ def test_upsert_with_the_same_body_writes_nothing(
 
 
 def test_upsert_finds_a_lost_comment_by_marker_across_pages(
-    client: gh.GitHubClient, http: responses.RequestsMock, api: str
+    client: github_api.GitHubClient, http: responses.RequestsMock, api: str
 ) -> None:
     new = f"{MARKER}\nsha 5e0c9a1"
     http.get(f"{api}/repos/{REPO}/issues/comments/1001", status=404, json={"message": "Not Found"})
@@ -684,7 +685,7 @@ def test_upsert_finds_a_lost_comment_by_marker_across_pages(
 
 
 def test_upsert_ignores_a_comment_id_from_another_pr(
-    client: gh.GitHubClient, http: responses.RequestsMock, api: str
+    client: github_api.GitHubClient, http: responses.RequestsMock, api: str
 ) -> None:
     body = f"{MARKER}\nsha 5e0c9a1"
     http.get(
@@ -698,7 +699,7 @@ def test_upsert_ignores_a_comment_id_from_another_pr(
 
 
 def test_upsert_prefers_its_own_comment_when_the_marker_was_copied(
-    client: gh.GitHubClient, http: responses.RequestsMock, api: str
+    client: github_api.GitHubClient, http: responses.RequestsMock, api: str
 ) -> None:
     new = f"{MARKER}\nsha 5e0c9a1"
     http.get(
@@ -716,7 +717,7 @@ def test_upsert_prefers_its_own_comment_when_the_marker_was_copied(
 
 
 def test_upsert_never_adopts_a_comment_that_only_carries_the_marker(
-    client: gh.GitHubClient, http: responses.RequestsMock, api: str
+    client: github_api.GitHubClient, http: responses.RequestsMock, api: str
 ) -> None:
     """Defect pinned (issue 13.4): the sticky comment was found by marker alone, so anyone could paste
     the marker into a comment and have devstack adopt (and try to edit) it. Marker *and* author now."""
@@ -733,7 +734,7 @@ def test_upsert_never_adopts_a_comment_that_only_carries_the_marker(
 
 
 def test_upsert_adopts_no_marked_comment_when_it_cannot_tell_who_it_is(
-    client: gh.GitHubClient, http: responses.RequestsMock, api: str
+    client: github_api.GitHubClient, http: responses.RequestsMock, api: str
 ) -> None:
     new = f"{MARKER}\nsha 5e0c9a1"
     http.get(
@@ -746,13 +747,13 @@ def test_upsert_adopts_no_marked_comment_when_it_cannot_tell_who_it_is(
     assert client.upsert_comment(repo=REPO, number=42, body=new, marker=MARKER) == 13
 
 
-def test_upsert_refuses_a_body_without_the_marker(client: gh.GitHubClient) -> None:
+def test_upsert_refuses_a_body_without_the_marker(client: github_api.GitHubClient) -> None:
     with pytest.raises(ValueError, match="marker"):
         client.upsert_comment(repo=REPO, number=42, body="no marker", marker=MARKER)
 
 
 def test_deploy_creates_a_non_transient_deployment_and_a_success_status_with_auto_inactive(
-    client: gh.GitHubClient, http: responses.RequestsMock, api: str
+    client: github_api.GitHubClient, http: responses.RequestsMock, api: str
 ) -> None:
     url = "https://login-fix--payments-api.preview.example.com"
     base = public(api)
@@ -819,7 +820,7 @@ def test_deploy_creates_a_non_transient_deployment_and_a_success_status_with_aut
 
 
 def test_deactivate_with_the_latest_deployment_id_is_one_write(
-    client: gh.GitHubClient, http: responses.RequestsMock, api: str
+    client: github_api.GitHubClient, http: responses.RequestsMock, api: str
 ) -> None:
     """Issue 14.2: closing a PR touches only its latest deployment (auto_inactive made the earlier ones
     inactive), one request whatever its history; a deployment that is gone is nothing to do."""
@@ -832,7 +833,7 @@ def test_deactivate_with_the_latest_deployment_id_is_one_write(
 
 
 def test_deploy_clips_long_descriptions_to_what_github_accepts(
-    client: gh.GitHubClient, http: responses.RequestsMock, api: str
+    client: github_api.GitHubClient, http: responses.RequestsMock, api: str
 ) -> None:
     deployment = {"id": 5, "url": f"{public(api)}/repos/{REPO}/deployments/5"}
     http.post(f"{api}/repos/{REPO}/deployments", json=deployment, status=201)
@@ -845,7 +846,7 @@ def test_deploy_clips_long_descriptions_to_what_github_accepts(
 
 
 def test_deactivate_sets_every_active_deployment_inactive(
-    client: gh.GitHubClient, http: responses.RequestsMock, api: str
+    client: github_api.GitHubClient, http: responses.RequestsMock, api: str
 ) -> None:
     def deployment(id: int) -> dict[str, Any]:
         return {
@@ -891,7 +892,7 @@ def test_deactivate_sets_every_active_deployment_inactive(
 
 
 def test_deactivate_with_nothing_deployed_changes_nothing(
-    client: gh.GitHubClient, http: responses.RequestsMock, api: str
+    client: github_api.GitHubClient, http: responses.RequestsMock, api: str
 ) -> None:
     http.get(f"{api}/repos/{REPO}/deployments", json=[])
     assert client.deactivate(repo=REPO, environment="preview/login-fix") == 0
@@ -901,12 +902,12 @@ def test_deactivate_with_nothing_deployed_changes_nothing(
 # -------------------------------------------------------------------------------------- error mapping
 
 
-def _comment_call(client: gh.GitHubClient) -> int:
+def _comment_call(client: github_api.GitHubClient) -> int:
     return client.upsert_comment(repo=REPO, number=42, body=MARKER, marker=MARKER)
 
 
 def test_server_error_is_temporary_and_not_retried_by_pygithub(
-    client: gh.GitHubClient, http: responses.RequestsMock, api: str
+    client: github_api.GitHubClient, http: responses.RequestsMock, api: str
 ) -> None:
     http.get(f"{api}/repos/{REPO}/issues/42/comments", status=502, json={"message": "Server Error"})
     started = time.monotonic()
@@ -920,7 +921,7 @@ def test_server_error_is_temporary_and_not_retried_by_pygithub(
 
 
 def test_server_error_with_retry_after(
-    client: gh.GitHubClient, http: responses.RequestsMock, api: str
+    client: github_api.GitHubClient, http: responses.RequestsMock, api: str
 ) -> None:
     http.get(f"{api}/repos/{REPO}/issues/42/comments", status=503, headers={"Retry-After": "30"}, body="")
     with pytest.raises(ProviderError) as info:
@@ -929,7 +930,7 @@ def test_server_error_with_retry_after(
 
 
 def test_primary_rate_limit_waits_until_reset(
-    client: gh.GitHubClient, http: responses.RequestsMock, api: str
+    client: github_api.GitHubClient, http: responses.RequestsMock, api: str
 ) -> None:
     reset = int(time.time()) + 120
     http.get(
@@ -945,7 +946,7 @@ def test_primary_rate_limit_waits_until_reset(
 
 
 def test_too_many_requests_honours_retry_after(
-    client: gh.GitHubClient, http: responses.RequestsMock, api: str
+    client: github_api.GitHubClient, http: responses.RequestsMock, api: str
 ) -> None:
     http.post(
         f"{api}/repos/{REPO}/deployments",
@@ -961,7 +962,7 @@ def test_too_many_requests_honours_retry_after(
 
 
 def test_secondary_rate_limit_without_headers_waits_a_minute(
-    client: gh.GitHubClient, http: responses.RequestsMock, api: str
+    client: github_api.GitHubClient, http: responses.RequestsMock, api: str
 ) -> None:
     message = "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."
     http.post(f"{api}/repos/{REPO}/issues/42/comments", status=403, json={"message": message})
@@ -982,7 +983,7 @@ def test_secondary_rate_limit_without_headers_waits_a_minute(
     ],
 )
 def test_client_errors_are_permanent(
-    client: gh.GitHubClient, http: responses.RequestsMock, api: str, status: int, message: str
+    client: github_api.GitHubClient, http: responses.RequestsMock, api: str, status: int, message: str
 ) -> None:
     http.get(f"{api}/repos/{REPO}/issues/42/comments", status=status, json={"message": message})
     with pytest.raises(ProviderRejected) as info:
@@ -992,7 +993,7 @@ def test_client_errors_are_permanent(
 
 
 def test_token_echoed_by_the_server_is_scrubbed(
-    client: gh.GitHubClient, http: responses.RequestsMock, api: str
+    client: github_api.GitHubClient, http: responses.RequestsMock, api: str
 ) -> None:
     http.get(
         f"{api}/repos/{REPO}/issues/42/comments", status=401, json={"message": f"token {TOKEN} is revoked"}
@@ -1003,7 +1004,7 @@ def test_token_echoed_by_the_server_is_scrubbed(
     assert "***" in str(info.value)
 
 
-def test_network_error_is_temporary(client: gh.GitHubClient, http: responses.RequestsMock, api: str) -> None:
+def test_network_error_is_temporary(client: github_api.GitHubClient, http: responses.RequestsMock, api: str) -> None:
     http.get(
         f"{api}/repos/{REPO}/issues/42/comments", body=requests.ConnectionError("connection reset by peer")
     )
@@ -1017,4 +1018,4 @@ def test_client_refuses_a_bad_api_url() -> None:
     from devstack.errors import ConfigError
 
     with pytest.raises(ConfigError, match="api_url"):
-        gh.GitHubClient(api_url="ghe.example.com/api/v3", token=SecretStr(TOKEN))
+        github_api.GitHubClient(api_url="ghe.example.com/api/v3", token=SecretStr(TOKEN))

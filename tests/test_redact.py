@@ -17,7 +17,7 @@ from devstack import log as devstack_log
 from devstack import redact
 from devstack.catalog import Settings
 from devstack.errors import ProviderRejected
-from devstack.providers.github import GitHubClient
+from devstack.providers.github_api import GitHubClient
 from devstack.providers.gitlab import GitLabClient
 from devstack.runtime import register_secrets
 

@@ -22,7 +22,7 @@ import responses
 
 from devstack.catalog import Settings
 from devstack.journal import Journal
-from devstack.providers import github as github_provider
+from devstack.providers import github_api as github_provider
 from tests.conftest import API_URL, GITLAB_TOKEN, GITLAB_URL, RunningServer, pr_payload, remote_files
 from tests.fake_github import FakeGitHub, fake_github
 from tests.fake_gitlab import FakeGitLab, mr_hook

@@ -254,20 +254,28 @@ def test_quantities_parse_exactly_as_the_kubernetes_client_parses_them(text: str
     assert got == expected
 
 
-def test_the_webhook_processes_never_load_the_kubernetes_client(tmp_path: Path) -> None:
-    """``devstack intake`` and a local ``devstack serve`` never talk to a cluster: the client (36 MB) stays
-    out of them, even with resource quantities in the catalog and the usage report built."""
+def test_the_webhook_processes_never_load_the_kubernetes_client_nor_pygithub(tmp_path: Path) -> None:
+    """``devstack intake`` and a local ``devstack serve`` never talk to a cluster, and the intake never to the
+    GitHub API: the Kubernetes client (36 MB) and PyGithub (19 MB) stay out of a process that imports every
+    module the webhook route uses and translates a delivery, even with resource quantities in the catalog
+    and the usage report built."""
     import sys
 
     code = (
-        "import sys\n"
+        "import sys, json\n"
+        "from datetime import UTC, datetime\n"
         "import devstack.app, devstack.cli, devstack.intake, devstack.runtime, devstack.usage, devstack.dashboard\n"
         "from devstack.catalog import ServiceSettings\n"
+        "from devstack.decode import decode\n"
         "ServiceSettings.model_validate({'repo': 'acme/api', 'image': 'ghcr.io/acme/api',"
         " 'resources': {'cpu': '250m', 'memory': '128Mi'}})\n"
-        "print('kubernetes' in sys.modules)\n"
+        "body = sys.stdin.buffer.read()\n"
+        "event = decode(provider='github', event='pull_request', delivery_id='d1', body=body,"
+        " content_type='application/json', received_at=datetime.now(UTC))\n"
+        "print(type(event).__name__, 'kubernetes' in sys.modules, 'github' in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False,
+    body = json.dumps(pr_payload(number=7, sha="a" * 40, branch="login")).encode()
+    result = subprocess.run([sys.executable, "-c", code], input=body, capture_output=True, timeout=60, check=False,
                             cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "False"
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert result.stdout.decode().split() == ["PullRequestEvent", "False", "False"]

@@ -144,13 +144,13 @@ def provider_clients(settings: Settings) -> dict[str, ProviderClient]:
     github = settings.providers.github
     key = github.app_key()
     if key is not None and github.app_id:
-        from devstack.providers.github import GitHubApp, GitHubClient
+        from devstack.providers.github_api import GitHubApp, GitHubClient
 
         app = GitHubApp(app_id=github.app_id, private_key=key, installation_id=github.installation_id)
         clients["github"] = GitHubClient(api_url=github.api_url, app=app,
                                          seconds_between_writes=github.seconds_between_writes)
     elif github.token is not None and github.token.get_secret_value():
-        from devstack.providers.github import GitHubClient
+        from devstack.providers.github_api import GitHubClient
 
         clients["github"] = GitHubClient(
             api_url=github.api_url, token=github.token, seconds_between_writes=github.seconds_between_writes
