@@ -27,6 +27,7 @@ from devstack import entries, naming
 from devstack.errors import BadPayload, ConfigError, ProviderError, ProviderRejected, Unauthorized
 from devstack.events import CommentEvent, Provider, PullRequestEvent, PullRequestState
 from devstack.providers import gitlab as gl
+from devstack.providers.gitlab_api import GitLabClient, merge_request_from_api
 from tests.fake_gitlab import FakeGitLab, fixture, mr_hook, note_hook
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"  # as tests/conftest.py resolves it
@@ -815,8 +816,8 @@ def api(instance: str) -> str:
 
 
 @pytest.fixture
-def client(instance: str) -> gl.GitLabClient:
-    return gl.GitLabClient(url=instance + "/", token=SecretStr(TOKEN), timeout=2)
+def client(instance: str) -> GitLabClient:
+    return GitLabClient(url=instance + "/", token=SecretStr(TOKEN), timeout=2)
 
 
 @pytest.fixture
@@ -858,7 +859,7 @@ def env_json(*, id: int = 31, name: str = "preview/login-fix", url: str | None =
             "tier": "development", "created_at": "2025-11-20T09:14:00Z", "updated_at": "2025-11-20T09:14:00Z"}
 
 
-def test_upsert_without_a_note_creates_one(client: gl.GitLabClient, http: responses.RequestsMock, api: str,
+def test_upsert_without_a_note_creates_one(client: GitLabClient, http: responses.RequestsMock, api: str,
                                            instance: str) -> None:
     body = f"{MARKER}\n### Preview `login-fix`"
     http.get(f"{api}/merge_requests/42/notes", json=[note_json(id=7, body="LGTM", username="ada")],
@@ -877,7 +878,7 @@ def test_upsert_without_a_note_creates_one(client: gl.GitLabClient, http: respon
 
 def test_note_is_created_once_then_edited_in_place(instance: str) -> None:
     fake = FakeGitLab(url=instance, token=TOKEN)
-    client = gl.GitLabClient(url=instance, token=SecretStr(TOKEN), timeout=2)
+    client = GitLabClient(url=instance, token=SecretStr(TOKEN), timeout=2)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         fake.install(mock)
         first = client.upsert_comment(repo=PROJECT, number=42, body=f"{MARKER}\nsha 1111", marker=MARKER)
@@ -898,7 +899,7 @@ def test_note_is_created_once_then_edited_in_place(instance: str) -> None:
 
 
 def test_upsert_with_the_same_body_writes_nothing(
-    client: gl.GitLabClient, http: responses.RequestsMock, api: str
+    client: GitLabClient, http: responses.RequestsMock, api: str
 ) -> None:
     body = f"{MARKER}\nsha 8d6a3f2"
     http.get(f"{api}/merge_requests/42/notes/1001", json=note_json(id=1001, body=body))
@@ -907,7 +908,7 @@ def test_upsert_with_the_same_body_writes_nothing(
 
 
 def test_upsert_with_id_edits_when_the_body_changed(
-    client: gl.GitLabClient, http: responses.RequestsMock, api: str
+    client: GitLabClient, http: responses.RequestsMock, api: str
 ) -> None:
     old, new = f"{MARKER}\nsha 8d6a3f2", f"{MARKER}\nsha 5e0c9a1"
     http.get(f"{api}/merge_requests/42/notes/1001", json=note_json(id=1001, body=old))
@@ -921,7 +922,7 @@ def test_upsert_with_id_edits_when_the_body_changed(
 
 
 def test_upsert_finds_a_lost_note_by_marker_across_pages(
-    client: gl.GitLabClient, http: responses.RequestsMock, instance: str, api: str
+    client: GitLabClient, http: responses.RequestsMock, instance: str, api: str
 ) -> None:
     new = f"{MARKER}\nsha 5e0c9a1"
     http.get(f"{api}/merge_requests/42/notes/1001", status=404, json={"message": "404 Not found"})
@@ -947,7 +948,7 @@ def test_upsert_finds_a_lost_note_by_marker_across_pages(
 
 
 def test_upsert_prefers_its_own_note_when_the_marker_was_copied(
-    client: gl.GitLabClient, http: responses.RequestsMock, instance: str, api: str
+    client: GitLabClient, http: responses.RequestsMock, instance: str, api: str
 ) -> None:
     new = f"{MARKER}\nsha 5e0c9a1"
     http.get(f"{api}/merge_requests/42/notes", json=[
@@ -960,7 +961,7 @@ def test_upsert_prefers_its_own_note_when_the_marker_was_copied(
 
 
 def test_upsert_never_adopts_a_note_that_only_carries_the_marker(
-    client: gl.GitLabClient, http: responses.RequestsMock, instance: str, api: str
+    client: GitLabClient, http: responses.RequestsMock, instance: str, api: str
 ) -> None:
     """Defect pinned (issue 13.4): the sticky note was found by marker alone; anyone could paste it."""
     new = f"{MARKER}\nsha 5e0c9a1"
@@ -972,7 +973,7 @@ def test_upsert_never_adopts_a_note_that_only_carries_the_marker(
 
 
 def test_upsert_adopts_no_marked_note_when_the_token_cannot_read_its_user(
-    client: gl.GitLabClient, http: responses.RequestsMock, instance: str, api: str
+    client: GitLabClient, http: responses.RequestsMock, instance: str, api: str
 ) -> None:
     new = f"{MARKER}\nsha 5e0c9a1"
     http.get(f"{api}/merge_requests/42/notes", json=[note_json(id=10, body=f"{MARKER}\nold")])
@@ -982,7 +983,7 @@ def test_upsert_adopts_no_marked_note_when_the_token_cannot_read_its_user(
 
 
 def test_upsert_ignores_a_note_id_of_another_merge_request(
-    client: gl.GitLabClient, http: responses.RequestsMock, instance: str, api: str
+    client: GitLabClient, http: responses.RequestsMock, instance: str, api: str
 ) -> None:
     body = f"{MARKER}\nsha 5e0c9a1"
     http.get(f"{api}/merge_requests/42/notes/1001", json=note_json(id=1001, body=body, iid=41))
@@ -992,7 +993,7 @@ def test_upsert_ignores_a_note_id_of_another_merge_request(
     assert [method for method, _, _ in sent(http)] == ["GET", "GET", "GET"]  # found, unchanged: no write
 
 
-def test_upsert_refuses_a_body_without_the_marker_and_a_bad_project(client: gl.GitLabClient) -> None:
+def test_upsert_refuses_a_body_without_the_marker_and_a_bad_project(client: GitLabClient) -> None:
     with pytest.raises(ValueError, match="marker"):
         client.upsert_comment(repo=PROJECT, number=42, body="no marker", marker=MARKER)
     with pytest.raises(ProviderRejected, match="not a GitLab project path"):
@@ -1006,7 +1007,7 @@ def test_recorded_api_responses_are_understood(http: responses.RequestsMock) -> 
     listed = json.loads((SHARED_API / "list-mr-notes.json").read_text())
     created = json.loads((SHARED_API / "create-mr-note.go-scm.json").read_text())
     api = f"https://gitlab.example.com/api/v4/projects/{ENCODED}/merge_requests/{created['noteable_iid']}"
-    client = gl.GitLabClient(url="https://gitlab.example.com", token=SecretStr(TOKEN), timeout=2)
+    client = GitLabClient(url="https://gitlab.example.com", token=SecretStr(TOKEN), timeout=2)
     http.get(f"{api}/notes", json=listed)  # no devstack note among them
     http.post(f"{api}/notes", json=created, status=201)
     body = f"{MARKER}\nhello"
@@ -1024,7 +1025,7 @@ def test_recorded_api_responses_are_understood(http: responses.RequestsMock) -> 
 
 
 def test_deploy_creates_the_environment_with_its_url(
-    client: gl.GitLabClient, http: responses.RequestsMock, api: str, instance: str
+    client: GitLabClient, http: responses.RequestsMock, api: str, instance: str
 ) -> None:
     http.get(f"{api}/environments", json=[env_json(id=3, name="preview/login-fix-2")],  # GitLab matches exactly;
              match=[matchers.query_param_matcher({"name": "preview/login-fix", "per_page": "100"})])  # we check
@@ -1039,7 +1040,7 @@ def test_deploy_creates_the_environment_with_its_url(
 
 
 def test_deploy_updates_the_url_only_when_it_changed(
-    client: gl.GitLabClient, http: responses.RequestsMock, api: str
+    client: GitLabClient, http: responses.RequestsMock, api: str
 ) -> None:
     http.get(f"{api}/environments", json=[env_json(url="https://old.preview.example.com")])
     http.put(f"{api}/environments/31", json=env_json())
@@ -1053,7 +1054,7 @@ def test_deploy_updates_the_url_only_when_it_changed(
 
 
 def test_deploy_starts_a_stopped_environment_again(
-    client: gl.GitLabClient, http: responses.RequestsMock, api: str
+    client: GitLabClient, http: responses.RequestsMock, api: str
 ) -> None:
     http.get(f"{api}/environments", json=[env_json(state="stopped")])
     http.delete(f"{api}/environments/31", status=204)
@@ -1064,7 +1065,7 @@ def test_deploy_starts_a_stopped_environment_again(
 
 
 def test_deploy_keeps_a_stopped_environment_it_may_not_delete(
-    client: gl.GitLabClient, http: responses.RequestsMock, api: str
+    client: GitLabClient, http: responses.RequestsMock, api: str
 ) -> None:
     http.get(f"{api}/environments", json=[env_json(state="stopped", url="https://old.example.com")])
     http.delete(f"{api}/environments/31", status=403, json={"message": "403 Forbidden"})
@@ -1073,7 +1074,7 @@ def test_deploy_keeps_a_stopped_environment_it_may_not_delete(
                          description="d") == 31
 
 
-def test_deactivate_stops_the_environment(client: gl.GitLabClient, http: responses.RequestsMock, api: str) -> None:
+def test_deactivate_stops_the_environment(client: GitLabClient, http: responses.RequestsMock, api: str) -> None:
     http.get(f"{api}/environments", json=[env_json(), env_json(id=40, state="stopped")])
     http.post(f"{api}/environments/31/stop", json=env_json(state="stopped"))
     assert client.deactivate(repo=PROJECT, environment="preview/login-fix") == 1
@@ -1084,7 +1085,7 @@ def test_deactivate_stops_the_environment(client: gl.GitLabClient, http: respons
 
 def test_environment_created_then_stopped_against_the_fake() -> None:
     fake = FakeGitLab(url="https://gitlab.example.com", token=TOKEN)
-    client = gl.GitLabClient(url="https://gitlab.example.com", token=SecretStr(TOKEN), timeout=2)
+    client = GitLabClient(url="https://gitlab.example.com", token=SecretStr(TOKEN), timeout=2)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         fake.install(mock)
         first = client.deploy(repo=PROJECT, sha=SHA, environment="preview/login-fix", url=PREVIEW_URL,
@@ -1105,12 +1106,12 @@ def test_environment_created_then_stopped_against_the_fake() -> None:
 # -- error mapping
 
 
-def _note_call(client: gl.GitLabClient) -> int:
+def _note_call(client: GitLabClient) -> int:
     return client.upsert_comment(repo=PROJECT, number=42, body=MARKER, marker=MARKER)
 
 
 def test_server_error_is_temporary_and_not_retried(
-    client: gl.GitLabClient, http: responses.RequestsMock, api: str
+    client: GitLabClient, http: responses.RequestsMock, api: str
 ) -> None:
     http.get(f"{api}/merge_requests/42/notes", status=502, json={"message": "502 Bad Gateway"})
     started = time.monotonic()
@@ -1122,14 +1123,14 @@ def test_server_error_is_temporary_and_not_retried(
     assert "HTTP 502" in str(info.value) and TOKEN not in str(info.value)
 
 
-def test_server_error_with_retry_after(client: gl.GitLabClient, http: responses.RequestsMock, api: str) -> None:
+def test_server_error_with_retry_after(client: GitLabClient, http: responses.RequestsMock, api: str) -> None:
     http.get(f"{api}/merge_requests/42/notes", status=503, headers={"Retry-After": "30"}, body="")
     with pytest.raises(ProviderError) as info:
         _note_call(client)
     assert info.value.delay == 30
 
 
-def test_too_many_requests_is_not_slept_on(client: gl.GitLabClient, http: responses.RequestsMock, api: str) -> None:
+def test_too_many_requests_is_not_slept_on(client: GitLabClient, http: responses.RequestsMock, api: str) -> None:
     http.post(f"{api}/environments", status=429, headers={"Retry-After": "60"}, json={"message": "Retry later"})
     http.get(f"{api}/environments", json=[])
     started = time.monotonic()
@@ -1142,7 +1143,7 @@ def test_too_many_requests_is_not_slept_on(client: gl.GitLabClient, http: respon
 
 @pytest.mark.parametrize("status", [403, 429])
 def test_rate_limit_waits_until_reset(
-    client: gl.GitLabClient, http: responses.RequestsMock, api: str, status: int
+    client: GitLabClient, http: responses.RequestsMock, api: str, status: int
 ) -> None:
     reset = int(time.time()) + 120
     http.get(f"{api}/merge_requests/42/notes", status=status, json={"message": "Rate limit exceeded"},
@@ -1159,7 +1160,7 @@ def test_rate_limit_waits_until_reset(
      (422, "Unprocessable"), (400, "400 Bad request - body is missing")],
 )
 def test_client_errors_are_permanent(
-    client: gl.GitLabClient, http: responses.RequestsMock, api: str, status: int, message: str
+    client: GitLabClient, http: responses.RequestsMock, api: str, status: int, message: str
 ) -> None:
     http.get(f"{api}/merge_requests/42/notes", status=status, json={"message": message})
     with pytest.raises(ProviderRejected) as info:
@@ -1169,7 +1170,7 @@ def test_client_errors_are_permanent(
 
 
 def test_token_echoed_by_the_server_is_scrubbed(
-    client: gl.GitLabClient, http: responses.RequestsMock, api: str
+    client: GitLabClient, http: responses.RequestsMock, api: str
 ) -> None:
     http.get(f"{api}/merge_requests/42/notes", status=401, json={"message": f"token {TOKEN} was revoked"})
     with pytest.raises(ProviderRejected) as info:
@@ -1181,7 +1182,7 @@ def test_token_echoed_by_the_server_is_scrubbed(
     "error", [requests.ConnectionError("connection reset by peer"), requests.Timeout("read timed out")]
 )
 def test_network_errors_are_temporary(
-    client: gl.GitLabClient, http: responses.RequestsMock, api: str, error: Exception
+    client: GitLabClient, http: responses.RequestsMock, api: str, error: Exception
 ) -> None:
     http.get(f"{api}/merge_requests/42/notes", body=error)
     with pytest.raises(ProviderError) as info:
@@ -1191,7 +1192,7 @@ def test_network_errors_are_temporary(
     assert len(http.calls) == 1
 
 
-def test_a_non_json_answer_is_temporary(client: gl.GitLabClient, http: responses.RequestsMock, api: str) -> None:
+def test_a_non_json_answer_is_temporary(client: GitLabClient, http: responses.RequestsMock, api: str) -> None:
     http.get(f"{api}/merge_requests/42/notes", body="<html>proxy says hello</html>",
              content_type="text/html")
     with pytest.raises(ProviderError):
@@ -1205,14 +1206,14 @@ def test_a_non_json_answer_is_temporary(client: gl.GitLabClient, http: responses
 )
 def test_client_refuses_bad_configuration(url: str, token: str, key: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(key)):
-        gl.GitLabClient(url=url, token=SecretStr(token))
+        GitLabClient(url=url, token=SecretStr(token))
 
 
 def test_runtime_builds_a_gitlab_client_only_with_a_token(make_settings: Callable[..., Any]) -> None:
     from devstack.runtime import provider_clients
 
     settings = make_settings(providers={"gitlab": {"url": "https://gitlab.example.com", "token": TOKEN}})
-    assert isinstance(provider_clients(settings)["gitlab"], gl.GitLabClient)
+    assert isinstance(provider_clients(settings)["gitlab"], GitLabClient)
     settings = make_settings(providers={"gitlab": {"url": "https://gitlab.example.com"}})
     assert "gitlab" not in provider_clients(settings)
 
@@ -1220,7 +1221,7 @@ def test_runtime_builds_a_gitlab_client_only_with_a_token(make_settings: Callabl
 # -- comment commands and resync
 
 
-def test_reply_posts_a_new_note(client: gl.GitLabClient, http: responses.RequestsMock, api: str) -> None:
+def test_reply_posts_a_new_note(client: GitLabClient, http: responses.RequestsMock, api: str) -> None:
     http.post(f"{api}/merge_requests/42/notes", json=note_json(id=77, body="> /devstack help"), status=201)
     assert client.reply(repo=PROJECT, number=42, body="> /devstack help\n\nhelp text") == 77
     assert sent(http)[-1][2] == {"body": "> /devstack help\n\nhelp text"}
@@ -1232,7 +1233,7 @@ def test_reply_posts_a_new_note(client: gl.GitLabClient, http: responses.Request
      (15, "active", "read"), (10, "active", "read"), (5, "active", "none"), (40, "blocked", "none")],
 )
 def test_permission_maps_access_levels(
-    client: gl.GitLabClient, http: responses.RequestsMock, instance: str, api: str, level: int, state: str,
+    client: GitLabClient, http: responses.RequestsMock, instance: str, api: str, level: int, state: str,
     expected: str,
 ) -> None:
     http.get(f"{instance}/api/v4/users", json=[{"id": 4212, "username": "grace", "state": "active"}],
@@ -1243,7 +1244,7 @@ def test_permission_maps_access_levels(
 
 
 def test_permission_of_strangers_is_none(
-    client: gl.GitLabClient, http: responses.RequestsMock, instance: str, api: str
+    client: GitLabClient, http: responses.RequestsMock, instance: str, api: str
 ) -> None:
     http.get(f"{instance}/api/v4/users", json=[])
     assert client.permission(repo=PROJECT, user="nobody") == "none"
@@ -1252,7 +1253,7 @@ def test_permission_of_strangers_is_none(
     assert client.permission(repo=PROJECT, user="mallory") == "none"
 
 
-def test_set_labels_is_one_update(client: gl.GitLabClient, http: responses.RequestsMock, api: str) -> None:
+def test_set_labels_is_one_update(client: GitLabClient, http: responses.RequestsMock, api: str) -> None:
     http.put(f"{api}/merge_requests/42", json={"iid": 42, "labels": ["devstack/ttl:3d"]})
     client.set_labels(repo=PROJECT, number=42, add=["devstack/ttl:3d"], remove=["devstack/ttl:1d", "x"])
     assert sent(http) == [("PUT", f"{urlsplit(api).path}/merge_requests/42",
@@ -1263,7 +1264,7 @@ def test_set_labels_is_one_update(client: gl.GitLabClient, http: responses.Reque
         client.set_labels(repo=PROJECT, number=42, add=["a,b"], remove=[])
 
 
-def test_pull_request_reads_the_merge_request(client: gl.GitLabClient, http: responses.RequestsMock, api: str) -> None:
+def test_pull_request_reads_the_merge_request(client: GitLabClient, http: responses.RequestsMock, api: str) -> None:
     fake = FakeGitLab(url="https://x", token=TOKEN)
     raw = fake.add_merge_request(PROJECT, 42, sha=SHA.upper(), labels=("devstack/with:ledger",), draft=True)
     http.get(f"{api}/merge_requests/42", json=raw)
@@ -1275,7 +1276,7 @@ def test_pull_request_reads_the_merge_request(client: gl.GitLabClient, http: res
     assert_entry_ready(event)
 
 
-def test_open_pull_requests_for_resync(client: gl.GitLabClient, http: responses.RequestsMock, api: str) -> None:
+def test_open_pull_requests_for_resync(client: GitLabClient, http: responses.RequestsMock, api: str) -> None:
     fake = FakeGitLab(url="https://x", token=TOKEN)
     first = fake.add_merge_request(PROJECT, 41, sha="a" * 40, branch="one")
     second = fake.add_merge_request(PROJECT, 42, sha="b" * 40, branch="two")
@@ -1293,7 +1294,7 @@ def test_recorded_merge_requests_of_the_api_are_understood() -> None:
     raws += json.loads((SHARED_API / "list-mrs.go-gitlab.json").read_text())
     raws += json.loads((SHARED_API / "list-mrs.go-scm.json").read_text())
     for raw in raws:
-        event = gl.merge_request_from_api(raw, repo="group/project")
+        event = merge_request_from_api(raw, repo="group/project")
         assert (event.number, event.url, event.head_sha) == (raw["iid"], raw["web_url"], raw["sha"])
         assert event.labels == tuple(raw["labels"])
         assert event.draft is bool(raw.get("draft") or raw.get("work_in_progress"))
@@ -1306,7 +1307,7 @@ def test_commands_against_the_fake() -> None:
     fake = FakeGitLab(url="https://gitlab.example.com", token=TOKEN)
     fake.add_merge_request(PROJECT, 42, sha=SHA, labels=("devstack/ttl:1d", "bug"))
     fake.members[(PROJECT, "grace")] = 30
-    client = gl.GitLabClient(url="https://gitlab.example.com", token=SecretStr(TOKEN), timeout=2)
+    client = GitLabClient(url="https://gitlab.example.com", token=SecretStr(TOKEN), timeout=2)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         fake.install(mock)
         assert client.permission(repo=PROJECT, user="grace") == "write"
@@ -1317,7 +1318,7 @@ def test_commands_against_the_fake() -> None:
 
 
 def test_unquoted_project_paths_never_reach_the_api(
-    client: gl.GitLabClient, http: responses.RequestsMock, instance: str
+    client: GitLabClient, http: responses.RequestsMock, instance: str
 ) -> None:
     http.get(re.compile(r".*/notes.*"), json=[])
     http.post(re.compile(r".*/notes$"), json=note_json(id=1, body=MARKER), status=201)

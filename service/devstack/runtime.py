@@ -157,7 +157,7 @@ def provider_clients(settings: Settings) -> dict[str, ProviderClient]:
         )
     gitlab = settings.providers.gitlab
     if gitlab.token is not None and gitlab.token.get_secret_value():
-        from devstack.providers.gitlab import GitLabClient
+        from devstack.providers.gitlab_api import GitLabClient
 
         clients["gitlab"] = GitLabClient(url=gitlab.url, token=gitlab.token)
     return clients
