@@ -18,7 +18,7 @@ from devstack import redact
 from devstack.catalog import Settings
 from devstack.errors import ProviderRejected
 from devstack.providers.github_api import GitHubClient
-from devstack.providers.gitlab import GitLabClient
+from devstack.providers.gitlab_api import GitLabClient
 from devstack.runtime import register_secrets
 
 API = "https://api.github.test"
