@@ -254,3 +254,20 @@ def test_a_kept_index_plans_exactly_what_a_fresh_one_does_across_batches_and_han
     assert "billing" not in state and "billing" not in kept.features(billing.key)  # forgotten, not kept around
     closed = step(replace(pay, action="closed", state=PullRequestState.CLOSED, delivery_id="d12"))
     assert "payments-api" not in {e["service"] for elements in closed.entries.values() for e in elements}
+
+
+def test_decoded_entries_share_their_keys_and_read_as_json_does() -> None:
+    """The worker holds every entry decoded; ``entries.decode`` interns the object keys so 10,000 files do
+    not each hold their own ~35 key strings. Same values as ``json.loads``; a file nested too deeply is an
+    invalid entry (quarantined), not a crash."""
+    import json
+
+    one = b'[{"service": "api", "values": {"env": {"A": "1"}, "image": {"tag": "t"}}, "requestedBy": ["x"]}]'
+    two = b'[{"service": "web", "values": {"env": {"A": "2"}, "image": {"tag": "u"}}, "requestedBy": []}]'
+    first, second = entries.decode("one", one), entries.decode("two", two)
+    assert first == json.loads(one) and second == json.loads(two)
+    assert next(iter(first[0]["values"]["image"])) is next(iter(second[0]["values"]["image"]))
+    assert next(iter(first[0]["values"]["env"])) is next(iter(second[0]["values"]["env"]))
+    deep = b'[{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}]"
+    with pytest.raises(InvalidEntry, match=r"nested too deeply|not JSON"):
+        entries.decode("deep", deep)
