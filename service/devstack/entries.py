@@ -97,17 +97,14 @@ def encode(elements: list[Element]) -> bytes:
 def decode(feature: str, data: bytes) -> list[Element]:
     """Parse an entry file; raise :class:`InvalidEntry` when it is not a JSON list of objects."""
     try:
-        loaded = json.loads(data)
+        loaded = _shared_keys(json.loads(data))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidEntry(f"{entry_filename(feature)}: not JSON: {exc}") from None
     except RecursionError:
         raise InvalidEntry(f"{entry_filename(feature)}: nested too deeply") from None
     if not isinstance(loaded, list) or not all(isinstance(e, dict) for e in loaded):
         raise InvalidEntry(f"{entry_filename(feature)}: not a JSON list of objects")
-    try:
-        return [_shared_keys(element) for element in loaded]
-    except RecursionError:
-        raise InvalidEntry(f"{entry_filename(feature)}: nested too deeply") from None
+    return loaded
 
 
 def _shared_keys(value: Any) -> Any:
